@@ -1,0 +1,5 @@
+import sys
+
+from torchseq.cli import main
+
+sys.exit(main())

@@ -1,0 +1,76 @@
+"""The execution context a pipeline run sees: topology, epoch and seed.
+
+The pipeline builds one :class:`Context` when iteration starts; stages receive
+it and read nothing global themselves. Tests construct contexts directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from torchseq.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Distributed rank and world size."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"invalid topology: rank {self.rank} of world size {self.world_size}")
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a stage may know about where and when it runs.
+
+    Attributes:
+        rank: distributed rank of this process.
+        world_size: number of distributed ranks.
+        worker: DataLoader worker id within this rank (0 without workers).
+        num_workers: DataLoader workers per rank (1 without workers).
+        epoch: the epoch being produced.
+        seed: the pipeline seed.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    worker: int = 0
+    num_workers: int = 1
+    epoch: int = 0
+    seed: int = 0
+
+    @property
+    def global_worker(self) -> int:
+        """Index of this worker among all ranks x workers."""
+        return self.rank * self.num_workers + self.worker
+
+    @property
+    def num_global_workers(self) -> int:
+        return self.world_size * self.num_workers
+
+
+def detect_topology() -> Topology:
+    """Rank and world size from ``torch.distributed`` if initialised, else ``RANK``/``WORLD_SIZE``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return Topology(dist.get_rank(), dist.get_world_size())
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return Topology(rank, world_size)
+
+
+def derive_seed(*parts: object) -> int:
+    """A 64-bit seed from any parts, stable across processes and machines.
+
+    Python's ``hash`` is salted per process, so a cryptographic digest of the
+    parts' reprs is used instead.
+    """
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")

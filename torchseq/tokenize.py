@@ -1,0 +1,195 @@
+"""Tokenization inside the DataLoader workers.
+
+The tokenizer is described by something picklable (a ``tokenizer.json`` path,
+a ``tokenizers.Tokenizer``, a ``transformers`` fast tokenizer, or a callable)
+and built lazily, once per process, the first time a worker needs it.
+
+Rust-side parallelism of ``tokenizers`` is turned off (``TOKENIZERS_PARALLELISM
+=false``, unless the user set the variable) before the first encode: the
+parallel unit here is the DataLoader worker, and a thread pool used before a
+fork is what makes ``tokenizers`` warn (or hang) in every forked worker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torchseq.context import Context
+from torchseq.errors import ConfigError
+from torchseq.records import TEXT_FIELDS, Record
+from torchseq.state import Slot, decode_records, encode_records
+
+Encoder = Callable[[list[str]], list[list[int]]]
+
+_CACHE: dict[tuple[int, Any, int], tuple[Any, "Encoder", int]] = {}
+
+
+def _lazy_tokenizers() -> Any:
+    import tokenizers
+
+    return tokenizers
+
+
+def _is_transformers_fast(obj: Any) -> bool:
+    return hasattr(obj, "backend_tokenizer") and hasattr(obj, "pad_token_id")
+
+
+def _pad_id_of(tok: Any) -> int:
+    padding = tok.padding
+    if padding and padding.get("pad_id") is not None:
+        return int(padding["pad_id"])
+    for token in ("[PAD]", "<pad>", "<|padding|>"):
+        token_id = tok.token_to_id(token)
+        if token_id is not None:
+            return int(token_id)
+    return 0
+
+
+def _rust_encoder(tok: Any, max_length: int) -> Encoder:
+    tok.enable_truncation(max_length)
+    tok.no_padding()
+    encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
+
+    def encode(texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in encode_batch(texts)]
+
+    return encode
+
+
+def _build(spec: Any, max_length: int, pad_id: int | None) -> tuple[Encoder, int]:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    tokenizers = _lazy_tokenizers()
+    if isinstance(spec, (str, os.PathLike)):
+        path = os.fspath(spec)
+        if not os.path.exists(path):
+            raise ConfigError(f"{path}: tokenizer file not found")
+        tok = tokenizers.Tokenizer.from_file(path)
+    elif isinstance(spec, tokenizers.Tokenizer):
+        tok = tokenizers.Tokenizer.from_str(spec.to_str())
+    elif _is_transformers_fast(spec):
+        tok = tokenizers.Tokenizer.from_str(spec.backend_tokenizer.to_str())
+        if pad_id is None and spec.pad_token_id is not None:
+            pad_id = int(spec.pad_token_id)
+    elif callable(spec):
+        return spec, (0 if pad_id is None else pad_id)
+    else:
+        raise ConfigError(
+            "tokenize: expected a tokenizer.json path, a tokenizers.Tokenizer, a transformers "
+            f"fast tokenizer or a callable, got {type(spec).__name__}"
+        )
+    return _rust_encoder(tok, max_length), (_pad_id_of(tok) if pad_id is None else pad_id)
+
+
+def load_encoder(spec: Any, max_length: int, pad_id: int | None = None) -> tuple[Encoder, int]:
+    """The encoder and pad id for ``spec``, built once per process."""
+    key_obj = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else id(spec)
+    key = (os.getpid(), key_obj, max_length)
+    cached = _CACHE.get(key)
+    if cached is None:
+        encoder, resolved_pad = _build(spec, max_length, pad_id)
+        # Holding ``spec`` keeps its id from being reused while the entry lives.
+        cached = _CACHE[key] = (spec, encoder, resolved_pad)
+    return cached[1], cached[2]
+
+
+def _strip_tokens(record: Record) -> Record:
+    return {k: v for k, v in record.items() if k != "tokens"}
+
+
+@dataclass(frozen=True)
+class Tokenize:
+    """Add ``record["tokens"] = {field: ids}`` for the text fields, in chunks.
+
+    ``ids`` are the tokenizer's own truncated encoding (special tokens
+    included, no padding). ``negatives`` becomes a list of id lists.
+
+    State: ``pending`` -- records pulled from upstream but not yet yielded,
+    stored untokenized (they are re-tokenized on resume; nothing delivered is).
+    """
+
+    tokenizer: Any
+    max_length: int = 128
+    fields: tuple[str, ...] = TEXT_FIELDS
+    chunk_size: int = 64
+    pad_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_length < 1:
+            raise ConfigError(f"tokenize: max_length must be >= 1, got {self.max_length}")
+        if self.chunk_size < 1:
+            raise ConfigError(f"tokenize: chunk_size must be >= 1, got {self.chunk_size}")
+
+    def resolved_pad_id(self) -> int:
+        return load_encoder(self.tokenizer, self.max_length, self.pad_id)[1]
+
+    def __call__(self, upstream: Iterator[Record], ctx: Context, slot: Slot) -> Iterator[Record]:
+        pending = decode_records(slot.resume.get("pending", []))
+        live: list[Any] = [[], 0]  # [current chunk, index of the next record to yield]
+
+        def snapshot() -> dict[str, Any]:
+            chunk, position = live
+            return {"pending": encode_records(_strip_tokens(r) for r in chunk[position:])}
+
+        slot.snapshot = snapshot
+        return self._tokenize(upstream, pending, live)
+
+    def _tokenize(self, upstream: Iterator[Record], pending: list[Record], live: list[Any]) -> Iterator[Record]:
+        encode, _ = load_encoder(self.tokenizer, self.max_length, self.pad_id)
+        size = self.chunk_size
+        source = iter(upstream)
+        carry = pending
+        while True:
+            chunk = carry
+            carry = []
+            for record in source:
+                chunk.append(record)
+                if len(chunk) >= size:
+                    break
+            if not chunk:
+                return
+            chunk = self._encode_chunk(chunk, encode)
+            live[0] = chunk
+            for position in range(len(chunk)):
+                live[1] = position + 1
+                yield chunk[position]
+            live[0], live[1] = [], 0
+
+    def _encode_chunk(self, chunk: list[Record], encode: Encoder) -> list[Record]:
+        out = [dict(r) for r in chunk]
+        for r in out:
+            r["tokens"] = dict(r["tokens"]) if "tokens" in r else {}
+        for name in self.fields:
+            if name == "negatives":
+                owners = [r for r in out if "negatives" in r]
+                flat = [text for r in owners for text in r["negatives"]]
+                if not flat:
+                    continue
+                ids = encode(flat)
+                start = 0
+                for r in owners:
+                    count = len(r["negatives"])
+                    r["tokens"]["negatives"] = ids[start : start + count]
+                    start += count
+                continue
+            owners = [r for r in out if name in r]
+            if owners:
+                for r, seq in zip(owners, encode([r[name] for r in owners])):
+                    r["tokens"][name] = seq
+        return out
+
+
+def tokenizer_spec(tokenizer: Any) -> Any:
+    """Validate early (in the main process) what can be checked without loading."""
+    if isinstance(tokenizer, (str, os.PathLike)) and not os.path.exists(os.fspath(tokenizer)):
+        raise ConfigError(f"{os.fspath(tokenizer)}: tokenizer file not found")
+    return tokenizer
+
+
+def encode_reference(tokenizer_file: str, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """The tokenizer's own truncated encoding, one text at a time (for tests and benchmarks)."""
+    tok = _lazy_tokenizers().Tokenizer.from_file(tokenizer_file)
+    tok.enable_truncation(max_length)
+    return [tok.encode(t).ids for t in texts]
