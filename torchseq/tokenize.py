@@ -49,14 +49,11 @@ def _pad_id_of(tok: Any) -> int:
 
 
 def _rust_encoder(tok: Any, max_length: int) -> Encoder:
-    tok.enable_truncation(max_length)
-    tok.no_padding()
-    encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    # Ids identical to tok.encode(text).ids with truncation, with the work
+    # nobody uses (offsets, overflow, whole documents) cut; see torchseq.encoder.
+    from torchseq.encoder import FastEncoder
 
-    def encode(texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in encode_batch(texts)]
-
-    return encode
+    return FastEncoder(tok, max_length)
 
 
 def _build(spec: Any, max_length: int, pad_id: int | None) -> tuple[Encoder, int]:

@@ -34,11 +34,24 @@ def open_binary(path: str) -> IO[bytes]:
     return open(path.removeprefix("file://"), "rb")
 
 
+class _OwningGzipFile(gzip.GzipFile):
+    """A GzipFile that also closes the raw file it decompresses."""
+
+    def close(self) -> None:
+        raw = self.fileobj
+        try:
+            super().close()
+        finally:
+            if raw is not None:
+                raw.close()
+
+
 def open_text_stream(path: str) -> IO[bytes]:
     """Open a shard and undo ``.gz`` / ``.zst`` compression; yields bytes lines when iterated."""
     raw = open_binary(path)
     if path.endswith(".gz"):
-        return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), buffer_size=1 << 16)  # type: ignore[arg-type]
+        # GzipFile never closes a fileobj it was given; _OwningGzipFile does.
+        return io.BufferedReader(_OwningGzipFile(fileobj=raw, mode="rb"), buffer_size=1 << 16)  # type: ignore[arg-type]
     if path.endswith(".zst"):
         try:
             import zstandard
