@@ -125,7 +125,14 @@ class _PooledBatcher:
     def _release(self, live: dict[str, Any], rng: random.Random, final: bool) -> None:
         pool = live["pool"]
         live["pool"] = []
-        pool.sort(key=column_lengths)
+        lengths = [column_lengths(r) for r in pool]
+        # Sort by the column holding most tokens first (the long side of the
+        # pairs), then the others: that column dominates the padding.
+        totals = [sum(column) for column in zip(*lengths)]
+        order = sorted(range(len(totals)), key=totals.__getitem__, reverse=True)
+        keys = [tuple(row[i] for i in order) for row in lengths]
+        ranked = sorted(range(len(pool)), key=keys.__getitem__)
+        pool = [pool[i] for i in ranked]
         batches = self.cut(pool, final)
         if self.shuffle_batches:
             rng.shuffle(batches)
