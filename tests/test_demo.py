@@ -19,7 +19,7 @@ def test_demo_runs_and_reports(subprocess_env: dict[str, str]) -> None:
     assert "anchor:" in out and "positive:" in out
 
 
-def test_cli_help() -> None:
+def test_cli_help(subprocess_env: dict[str, str]) -> None:
     result = subprocess.run([sys.executable, "-m", "torchseq", "demo", "--help"], capture_output=True, text=True,
-                            timeout=60, env=None)
+                            timeout=60, env=subprocess_env)
     assert result.returncode == 0 and "bundled sample" in result.stdout
