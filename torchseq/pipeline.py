@@ -143,9 +143,13 @@ class Pipeline(IterableDataset[Any]):
         return self._then(BucketBatch(batch_size, pool_batches, seed, drop_last))
 
     def batch_by_tokens(
-        self, max_tokens: int, *, pool_size: int = 4096, max_batch_size: int | None = None, seed: int = 0
+        self, max_tokens: int, *, pool_size: int | None = None, max_batch_size: int | None = None,
+        seed: int = 0
     ) -> Pipeline:
-        """Batches whose padded token count over all text columns stays within ``max_tokens``."""
+        """Batches whose padded token count over all text columns stays within ``max_tokens``.
+
+        ``pool_size`` records are sorted at a time; default ``max(4096, max_tokens)``.
+        """
         return self._then(TokenBudgetBatch(max_tokens, pool_size, max_batch_size, seed))
 
     def collate(self, pad_to_multiple_of: int | None = None, pad_id: int | None = None) -> Pipeline:
