@@ -24,6 +24,9 @@ import torch
 
 _NARROW = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int32))
 _PACKABLE = frozenset({torch.int64, torch.int32, torch.int16, torch.uint8, torch.bool})
+_NUMPY_DTYPES = {
+    str(dtype): torch.empty(0, dtype=dtype).numpy().dtype for dtype in _PACKABLE
+}
 
 
 def _narrowest(array: np.ndarray) -> np.dtype[Any]:
@@ -54,9 +57,7 @@ def _unpack(packed: Any) -> Any:
     kind = packed[0]
     if kind == "tensor":
         _, dtype_name, shape, narrow, data = packed
-        dtype = getattr(torch, dtype_name.removeprefix("torch."))
-        target = torch.empty(0, dtype=dtype).numpy().dtype
-        array = np.frombuffer(data, dtype=np.dtype(narrow)).astype(target).reshape(shape)
+        array = np.frombuffer(data, dtype=narrow).astype(_NUMPY_DTYPES[dtype_name]).reshape(shape)
         return torch.from_numpy(array)
     if kind == "dict":
         return {key: _unpack(item) for key, item in packed[1].items()}
