@@ -131,3 +131,14 @@ def test_collated_batch_survives_default_convert_and_worker_queues(sample_files:
         return sorted(out)
 
     assert rows(direct) == rows(through_workers)
+
+
+@settings(max_examples=100, deadline=None)
+@given(sequences=seqs, multiple=st.sampled_from([None, 8]), dtype=st.sampled_from([np.uint16, np.int32]))
+def test_pad_sequences_same_for_arrays_and_lists(sequences: list[list[int]], multiple: int | None, dtype: Any) -> None:
+    arrays = [np.asarray(s, dtype=dtype) for s in sequences]
+    from_lists = pad_sequences(sequences, 0, multiple)
+    from_arrays = pad_sequences(arrays, 0, multiple)
+    for key in ("input_ids", "attention_mask"):
+        assert from_arrays[key].dtype == torch.int64
+        assert torch.equal(from_arrays[key], from_lists[key])

@@ -43,9 +43,15 @@ def pad_sequences(
     if pad_to_multiple_of and width % pad_to_multiple_of:
         width += pad_to_multiple_of - width % pad_to_multiple_of
     ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
-    for row, (seq, n) in enumerate(zip(sequences, lengths, strict=True)):
-        ids[row, :n] = seq
-    mask = (np.arange(width) < lengths[:, None]).astype(np.int64)
+    real = np.arange(width) < lengths[:, None]
+    if sequences and all(type(s) is np.ndarray and s.ndim == 1 for s in sequences):
+        # Pre-tokenized arrays: one concatenation and one masked store (row-major
+        # order of the mask is the order of the concatenation).
+        ids[real] = np.concatenate(sequences)  # type: ignore[arg-type]
+    else:
+        for row, (seq, n) in enumerate(zip(sequences, lengths, strict=True)):
+            ids[row, :n] = seq
+    mask = real.astype(np.int64)
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
 
