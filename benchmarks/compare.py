@@ -65,7 +65,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--time-shards", type=int, default=8, help="shards per timed epoch (1-8)")
-    parser.add_argument("--verify-shards", type=int, default=8, help="shards per verification epoch")
+    parser.add_argument("--verify-shards", type=int, default=8,
+                        help="shards per verification epoch of torchseq and the tokenizer baseline")
+    parser.add_argument("--peer-verify-shards", type=int, default=None,
+                        help="shards per verification epoch of the peers (default: --time-shards)")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these systems (for trying the script)")
     parser.add_argument("--skip-verify", action="store_true")
     parser.add_argument("--out", default=str(HERE / "results.json"))
     args = parser.parse_args()
@@ -77,25 +81,29 @@ def main() -> None:
                             "cpus": os.cpu_count(), "load_start": load()}
     t = time.perf_counter()
     reference_rows(JSONL_SHARDS[: args.verify_shards])
+    peer_verify_shards = args.peer_verify_shards or args.time_shards
     reference_rows(JSONL_SHARDS[: args.time_shards])
+    reference_rows(JSONL_SHARDS[:peer_verify_shards])
+    configs = [c for c in CONFIGS if args.only is None or c[0] in args.only]
     t = time.perf_counter()
     pretokenized_dir(JSONL_SHARDS)
     info["pretokenize_seconds_if_built"] = round(time.perf_counter() - t, 1)
 
     verify: list[dict[str, Any]] = []
     if not args.skip_verify:
-        for system, workers in CONFIGS:
-            result = run_one(system, workers, "verify", args.verify_shards)
+        for system, workers in configs:
+            shards = peer_verify_shards if system in PEERS else args.verify_shards
+            result = run_one(system, workers, "verify", shards)
             ok = result["missing"] == 0 and result["unexpected"] == 0 and result["delivered"] == result["expected"]
             result["ok"] = ok
             verify.append(result)
             print(f"verify {system:>22} x{workers}: {'OK' if ok else 'MISMATCH'} {result}", flush=True)
 
-    times: dict[str, list[dict[str, Any]]] = {f"{s}|{w}": [] for s, w in CONFIGS}
+    times: dict[str, list[dict[str, Any]]] = {f"{s}|{w}": [] for s, w in configs}
     loads = []
     for round_number in range(args.rounds):
-        shift = round_number * 5 % len(CONFIGS)
-        order = CONFIGS[shift:] + CONFIGS[:shift]
+        shift = round_number * 5 % len(configs)
+        order = configs[shift:] + configs[:shift]
         for system, workers in order:
             result = run_one(system, workers, "time", args.time_shards)
             result["load"] = load()
@@ -116,9 +124,11 @@ def main() -> None:
         }
 
     def rate(system: str, workers: int) -> float:
-        return float(summary[f"{system}|{workers}"]["pairs_per_second"])
+        entry = summary.get(f"{system}|{workers}")
+        return float(entry["pairs_per_second"]) if entry else float("nan")
 
-    best_peer = {w: max(PEERS, key=lambda p, w=w: rate(p, w)) for w in (0, 2)}  # type: ignore[misc]
+    present = [p for p in PEERS if f"{p}|2" in summary] or [PEERS[0]]
+    best_peer = {w: max(present, key=lambda p, w=w: rate(p, w)) for w in (0, 2)}  # type: ignore[misc]
     ratios = {
         "torchseq_2w_over_best_peer_2w": rate("torchseq", 2) / rate(best_peer[2], 2),
         "torchseq_0w_over_best_peer_0w": rate("torchseq", 0) / rate(best_peer[0], 0),
@@ -131,6 +141,7 @@ def main() -> None:
     }
     info.update(load_end=load(), loads_after_rounds=loads, minutes=round((time.time() - started) / 60, 1),
                 rounds=args.rounds, time_shards=args.time_shards, verify_shards=args.verify_shards,
+                peer_verify_shards=peer_verify_shards,
                 best_peer={str(k): v for k, v in best_peer.items()})
     report = {"info": info, "verify": verify, "summary": summary, "ratios": ratios}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -105,7 +105,9 @@ def test_collated_batch_pickles_to_identical_tensors(tensor: torch.Tensor) -> No
     assert torch.equal(got, tensor)
 
 
-def test_collated_batch_survives_default_convert_and_worker_queues(sample_files: list[str], tokenizer_file: str) -> None:
+def test_collated_batch_survives_default_convert_and_worker_queues(
+    sample_files: list[str], tokenizer_file: str
+) -> None:
     from torch.utils.data import DataLoader
     from torch.utils.data._utils.collate import default_convert
 
@@ -135,7 +137,9 @@ def test_collated_batch_survives_default_convert_and_worker_queues(sample_files:
 
 @settings(max_examples=100, deadline=None)
 @given(sequences=seqs, multiple=st.sampled_from([None, 8]), dtype=st.sampled_from([np.uint16, np.int32]))
-def test_pad_sequences_same_for_arrays_and_lists(sequences: list[list[int]], multiple: int | None, dtype: Any) -> None:
+def test_pad_sequences_same_for_arrays_and_lists(
+    sequences: list[list[int]], multiple: int | None, dtype: Any
+) -> None:
     arrays = [np.asarray(s, dtype=dtype) for s in sequences]
     from_lists = pad_sequences(sequences, 0, multiple)
     from_arrays = pad_sequences(arrays, 0, multiple)

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 import webdataset
+from resume import check_resume, fingerprint
 from torch.utils.data import DataLoader
 
 import torchseq as ts
-from resume import check_resume, fingerprint
 from torchseq.cli import main as cli_main
 from torchseq.errors import DataError
 from torchseq.pretokenize import INDEX_NAME, pretokenize, read_index

@@ -21,7 +21,7 @@ def reference(tokenizer_file: str, texts: list[str], max_length: int) -> list[li
     return encode_reference(tokenizer_file, texts, max_length)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cached_pair(tokenizer_file: str, max_length: int) -> tuple[FastEncoder, Any]:
     """A FastEncoder and a reference tokenizer, built once per max_length (Hypothesis runs many)."""
     tok = tokenizers.Tokenizer.from_file(tokenizer_file)
@@ -183,6 +183,7 @@ def test_tokenize_resumes_exactly(sample_files: list[str], tokenizer_file: str) 
     from resume import check_resume
 
     def make() -> ts.Pipeline:
-        return ts.read_jsonl(sample_files[:2]).tokenize(tokenizer_file, max_length=32, chunk_size=48).batch(100).collate()
+        pipe = ts.read_jsonl(sample_files[:2]).tokenize(tokenizer_file, max_length=32, chunk_size=48)
+        return pipe.batch(100).collate()
 
     check_resume(make, num_workers=0, cuts=("0", "1", "mid", "end"))

@@ -47,7 +47,7 @@ def pad_sequences(
     if sequences and all(type(s) is np.ndarray and s.ndim == 1 for s in sequences):
         # Pre-tokenized arrays: one concatenation and one masked store (row-major
         # order of the mask is the order of the concatenation).
-        ids[real] = np.concatenate(sequences)  # type: ignore[arg-type]
+        ids[real] = np.concatenate(sequences)
     else:
         for row, (seq, n) in enumerate(zip(sequences, lengths, strict=True)):
             ids[row, :n] = seq

@@ -174,17 +174,17 @@ class FastEncoder:
                 full_texts.append(routed)
         if plain_texts:
             assert self._encode_plain is not None
-            for i, encoding in zip(plain_at, self._encode_plain(plain_texts)):
+            for i, encoding in zip(plain_at, self._encode_plain(plain_texts), strict=True):
                 out[i] = encoding.ids
         if full_texts:
-            for i, encoding in zip(full_at, self._encode_full(full_texts)):
+            for i, encoding in zip(full_at, self._encode_full(full_texts), strict=True):
                 out[i] = encoding.ids
         if cut_at:
             max_length = self.max_length
             # A prefix that gave fewer than max_length ids proves nothing: redo in full.
             short = [i for i in cut_at if len(out[i]) < max_length]
             if short:
-                for i, encoding in zip(short, self._encode_full([texts[i] for i in short])):
+                for i, encoding in zip(short, self._encode_full([texts[i] for i in short]), strict=True):
                     out[i] = encoding.ids
             self.num_cut += len(cut_at)
             self.num_fallback += len(short)

@@ -154,10 +154,10 @@ class Pipeline(IterableDataset[Any]):
 
     def collate(self, pad_to_multiple_of: int | None = None, pad_id: int | None = None) -> Pipeline:
         """Pad batches into tensors (layout in :mod:`torchseq.collate`)."""
-        tokenizer_stage = next((s for s in reversed(self._stages) if isinstance(s, Tokenize)), None)
-        if tokenizer_stage is None and hasattr(self._source, "resolved_pad_id"):
-            tokenizer_stage = self._source  # pre-tokenized shards record their pad id
-        return self._then(Collate(pad_to_multiple_of, pad_id, tokenizer_stage))
+        pad_source: Any = next((s for s in reversed(self._stages) if isinstance(s, Tokenize)), None)
+        if pad_source is None and hasattr(self._source, "resolved_pad_id"):
+            pad_source = self._source  # pre-tokenized shards record their pad id
+        return self._then(Collate(pad_to_multiple_of, pad_id, pad_source))
 
     def with_topology(self, rank: int, world_size: int) -> Pipeline:
         """Fix rank and world size instead of detecting them (tests, custom launchers)."""

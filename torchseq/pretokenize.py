@@ -213,7 +213,7 @@ def pretokenize(
     reader = ts.read_webdataset if tar else ts.read_jsonl
     pipe = reader(shards, fields=fields, on_error=on_error).tokenize(path, max_length=max_length, chunk_size=512)
     tok = tokenizers.Tokenizer.from_file(path)
-    stage = pipe._stages[-1]
+    stage: Any = pipe._stages[-1]  # the Tokenize stage just added
     bar: Any = None
     if progress:
         from tqdm import tqdm

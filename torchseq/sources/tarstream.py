@@ -142,7 +142,8 @@ def load_npy(data: bytes) -> np.ndarray[Any, Any]:
             dtype, shape, count, offset = cached
             if len(data) - offset < count * dtype.itemsize:
                 raise ValueError(f"array data is truncated ({len(data) - offset} bytes)")
-            return np.frombuffer(data, dtype, count, offset).reshape(shape).copy()
+            loaded: np.ndarray[Any, Any] = np.frombuffer(data, dtype, count, offset).reshape(shape).copy()
+            return loaded
     array: np.ndarray[Any, Any] = np.load(io.BytesIO(data), allow_pickle=False)
     if header and array.ndim <= 1 and len(_NPY_HEADERS) < _MAX_CACHED_HEADERS:
         # Only 1-D (and scalar) layouts, where C and Fortran order agree.

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from webdataset.tariterators import base_plus_ext
 
 from torchseq.errors import DataError, ErrorPolicy, ShardNotFoundError
