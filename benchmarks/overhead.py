@@ -146,7 +146,11 @@ def memory_child(kind: str, repeat: int) -> None:
         shards = sorted(str(p) for p in Path(pretokenized_dir(JSONL_SHARDS)).glob("*.tar"))
         pipe = ts.read_webdataset(shards * repeat).shuffle(buffer_size=10_000).bucket(64).collate()
     pairs = sum(b["anchor"]["input_ids"].shape[0] for b in DataLoader(pipe, batch_size=None, num_workers=2))
-    main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM belongs to this process image (ru_maxrss would carry the parent's
+    # high-water mark across exec); the workers are forked, so RUSAGE_CHILDREN
+    # gives the largest of them.
+    status = Path("/proc/self/status").read_text().split("\n")
+    main = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
     worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"pairs": pairs, "main_mib": main, "worker_mib": worker}))
 
@@ -166,19 +170,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--memory-child", nargs=2, metavar=("KIND", "REPEAT"), help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "overhead.json"))
+    parser.add_argument("--parts", nargs="+", default=["stage", "first-batch", "memory"],
+                        choices=["stage", "first-batch", "memory"])
     args = parser.parse_args()
     if args.memory_child:
         memory_child(args.memory_child[0], int(args.memory_child[1]))
         return
-    result = {"load_start": open("/proc/loadavg").read().split()[:3]}
-    result["pass_through_us_per_element_per_stage"] = pass_through()
-    print(json.dumps(result["pass_through_us_per_element_per_stage"], indent=1), flush=True)
-    result["first_batch_seconds_2_workers"] = first_batch()
-    print(json.dumps(result["first_batch_seconds_2_workers"], indent=1), flush=True)
-    result["peak_rss"] = memory()
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.exists() else {}
+    result["load_start"] = open("/proc/loadavg").read().split()[:3]
+    if "stage" in args.parts:
+        result["pass_through_us_per_element_per_stage"] = pass_through()
+        print(json.dumps(result["pass_through_us_per_element_per_stage"], indent=1), flush=True)
+    if "first-batch" in args.parts:
+        result["first_batch_seconds_2_workers"] = first_batch()
+        print(json.dumps(result["first_batch_seconds_2_workers"], indent=1), flush=True)
+    if "memory" in args.parts:
+        result["peak_rss"] = memory()
     print(json.dumps(result["peak_rss"], indent=1), flush=True)
     result["load_end"] = open("/proc/loadavg").read().split()[:3]
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
