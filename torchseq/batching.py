@@ -2,13 +2,14 @@
 
 Each stage yields lists of records. Lengths are token counts from
 ``record["tokens"]`` (so batching by length comes after ``tokenize``).
+Each stage takes ``unique=`` for duplicate-free batches (:mod:`torchseq.unique`).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torchseq.context import Context, derive_seed
@@ -16,6 +17,7 @@ from torchseq.errors import ConfigError
 from torchseq.records import Record
 from torchseq.shuffle import restore_rng
 from torchseq.state import Slot, decode_records, encode_records
+from torchseq.unique import NEW, Limit, Unique, UniquePacker
 
 
 def _check_positive(stage: str, name: str, value: int) -> None:
@@ -66,16 +68,22 @@ def real_tokens(records: list[Record]) -> int:
 class Batch:
     """Consecutive groups of ``batch_size`` elements.
 
-    State: ``partial`` (the batch being filled).
+    State: ``partial`` (the batch being filled); with ``unique``, ``unique``
+    (see :class:`~torchseq.unique.UniquePacker`) instead.
     """
 
     batch_size: int
     drop_last: bool = False
+    unique: Unique | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_positive("batch", "batch_size", self.batch_size)
 
     def __call__(self, upstream: Iterator[Any], ctx: Context, slot: Slot) -> Iterator[list[Any]]:
+        if self.unique is not None:
+            packer = UniquePacker(self.unique, FixedSize(self.batch_size), slot.resume.get("unique"))
+            slot.snapshot = lambda: {"unique": packer.snapshot()}
+            return _unique_stream(upstream, packer, self.drop_last)
         partial: list[Any] = decode_records(slot.resume.get("partial", []))
         live = [partial]
         slot.snapshot = lambda: {"partial": encode_records(live[0])}
@@ -97,14 +105,19 @@ class _PooledBatcher:
     """Shared machinery: fill a pool, sort it by length, cut it, shuffle the cuts.
 
     State: ``pool`` (records collected), ``ready`` (batches cut, not yet
-    yielded), ``rng``.
+    yielded), ``rng``; with ``unique`` also ``unique`` (records held back).
     """
 
     pool_size: int
     seed: int
     shuffle_batches: bool
+    unique: Unique | None
 
     def cut(self, records: list[Record], final: bool) -> list[list[Record]]:
+        raise NotImplementedError  # abstract
+
+    def limit(self) -> Limit:
+        """The batch-size rule as an incremental :class:`~torchseq.unique.Limit`."""
         raise NotImplementedError  # abstract
 
     def __call__(self, upstream: Iterator[Record], ctx: Context, slot: Slot) -> Iterator[list[Record]]:
@@ -114,19 +127,32 @@ class _PooledBatcher:
         live: dict[str, Any] = {
             "pool": decode_records(slot.resume.get("pool", [])),
             "ready": [decode_records(b) for b in slot.resume.get("ready", [])],
+            "packer": None,
         }
-        slot.snapshot = lambda: {
-            "pool": encode_records(live["pool"]),
-            "ready": [encode_records(b) for b in live["ready"]],
-            "rng": rng.getstate(),
-        }
+        if self.unique is not None:
+            live["packer"] = UniquePacker(self.unique, self.limit(), slot.resume.get("unique"))
+
+        def snapshot() -> dict[str, Any]:
+            state = {
+                "pool": encode_records(live["pool"]),
+                "ready": [encode_records(b) for b in live["ready"]],
+                "rng": rng.getstate(),
+            }
+            if live["packer"] is not None:
+                state["unique"] = live["packer"].snapshot()
+            return state
+
+        slot.snapshot = snapshot
         return self._batches(upstream, live, rng)
 
     def _release(self, live: dict[str, Any], rng: random.Random, final: bool) -> None:
         pool = live["pool"]
         live["pool"] = []
-        pool.sort(key=column_lengths)
-        batches = self.cut(pool, final)
+        if live["packer"] is not None:
+            batches = _unique_cut(live["packer"], pool, final, getattr(self, "drop_last", False))
+        else:
+            pool.sort(key=column_lengths)
+            batches = self.cut(pool, final)
         if self.shuffle_batches:
             rng.shuffle(batches)
         live["ready"] = batches
@@ -142,7 +168,7 @@ class _PooledBatcher:
                 ready = live["ready"]
                 while ready:
                     yield ready.pop()
-        if live["pool"]:
+        if live["pool"] or (live["packer"] is not None and live["packer"].holding):
             self._release(live, rng, final=True)
             ready = live["ready"]
             while ready:
@@ -164,6 +190,7 @@ class BucketBatch(_PooledBatcher):
     seed: int = 0
     drop_last: bool = False
     shuffle_batches: bool = True
+    unique: Unique | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_positive("bucket", "batch_size", self.batch_size)
@@ -179,6 +206,9 @@ class BucketBatch(_PooledBatcher):
         if batches and len(batches[-1]) < size and self.drop_last:
             batches.pop()
         return batches
+
+    def limit(self) -> Limit:
+        return FixedSize(self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -197,28 +227,29 @@ class TokenBudgetBatch(_PooledBatcher):
     max_batch_size: int | None = None
     seed: int = 0
     shuffle_batches: bool = True
+    unique: Unique | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_positive("batch_by_tokens", "max_tokens", self.max_tokens)
         _check_positive("batch_by_tokens", "pool_size", self.pool_size)
 
     def cut(self, records: list[Record], final: bool) -> list[list[Record]]:
+        budget = self.limit()
         batches: list[list[Record]] = []
         current: list[Record] = []
-        widths: list[int] = []
         for record in records:
-            lengths = _cost_columns(record)
-            new_widths = [max(a, b) for a, b in zip(widths, lengths)] if widths else list(lengths)
-            cost = (len(current) + 1) * sum(new_widths)
-            full = self.max_batch_size is not None and len(current) >= self.max_batch_size
-            if current and (cost > self.max_tokens or full):
+            if current and not budget.fits(record):
                 batches.append(current)
-                current, new_widths = [], list(lengths)
+                current = []
+                budget.reset()
             current.append(record)
-            widths = new_widths
+            budget.add(record)
         if current:
             batches.append(current)
         return batches
+
+    def limit(self) -> Limit:
+        return TokenBudget(self.max_tokens, self.max_batch_size)
 
 
 def _cost_columns(record: Record) -> tuple[int, ...]:
@@ -230,3 +261,89 @@ def _cost_columns(record: Record) -> tuple[int, ...]:
         else:
             out.append(len(ids))
     return tuple(out)
+
+
+# ---------------------------------------------------------------- batch-size rules
+class FixedSize:
+    """At most ``size`` records per batch."""
+
+    __slots__ = ("size", "count")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.count = 0
+
+    def fits(self, record: Record) -> bool:
+        return self.count < self.size
+
+    def add(self, record: Record) -> None:
+        self.count += 1
+
+    def full(self) -> bool:
+        return self.count >= self.size
+
+    def reset(self) -> None:
+        self.count = 0
+
+
+class TokenBudget:
+    """The ``batch_by_tokens`` rule: a record joins while the padded cost stays within ``max_tokens``.
+
+    Cost is (records + 1) x the sum of per-column widths (negatives counted
+    once per negative); a record that alone exceeds the budget forms its own
+    batch; ``max_batch_size`` caps the count.
+    """
+
+    __slots__ = ("max_tokens", "max_batch_size", "count", "widths")
+
+    def __init__(self, max_tokens: int, max_batch_size: int | None) -> None:
+        self.max_tokens = max_tokens
+        self.max_batch_size = max_batch_size
+        self.count = 0
+        self.widths: tuple[int, ...] = ()
+
+    def fits(self, record: Record) -> bool:
+        if not self.count:
+            return True
+        if self.max_batch_size is not None and self.count >= self.max_batch_size:
+            return False
+        widths = map(max, self.widths, _cost_columns(record))
+        return (self.count + 1) * sum(widths) <= self.max_tokens
+
+    def add(self, record: Record) -> None:
+        lengths = _cost_columns(record)
+        self.widths = tuple(map(max, self.widths, lengths)) if self.count else lengths
+        self.count += 1
+
+    def full(self) -> bool:
+        return self.max_batch_size is not None and self.count >= self.max_batch_size
+
+    def reset(self) -> None:
+        self.count = 0
+        self.widths = ()
+
+
+# ---------------------------------------------------------------- duplicate-free batching
+def _unique_stream(upstream: Iterator[Any], packer: UniquePacker, drop_last: bool) -> Iterator[list[Any]]:
+    """``Batch`` with ``unique``: records in arrival order, batches as they complete."""
+    for item in upstream:
+        packer.push(item)
+        yield from packer.drain()
+    packer.finish(drop_last)
+    yield from packer.drain()
+
+
+def _unique_cut(packer: UniquePacker, pool: list[Record], final: bool, drop_last: bool) -> list[list[Record]]:
+    """Pooled batchers with ``unique``: what the packer still holds joins the pool, sorted by length.
+
+    The partial batch and deferred records of the previous pool are sorted in
+    with the new one, so they land among records of similar length.
+    """
+    items = packer.take_back() + [(record, NEW) for record in pool]
+    items.sort(key=lambda item: column_lengths(item[0]))
+    for record, seen in items:
+        packer.push(record, seen)
+    if final:
+        packer.finish(drop_last)
+    batches, packer.ready = packer.ready, []
+    return batches

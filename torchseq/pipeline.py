@@ -19,12 +19,14 @@ from torchseq.collate import Collate
 from torchseq.context import Context, Topology, detect_topology
 from torchseq.errors import ConfigError, StateError, check_on_error
 from torchseq.records import TEXT_FIELDS, check_fields
+from torchseq.sampling import SamplePairs
 from torchseq.shuffle import BufferShuffle
 from torchseq.sources import JsonlSource, ShardSource, ShardSpec, WebDatasetSource
 from torchseq.sources.base import DEFAULT_MAX_RECORD_BYTES
 from torchseq.state import Slot, State, check_field
 from torchseq.tokenize import Tokenize, tokenizer_spec
 from torchseq.transform import Filter, Map
+from torchseq.unique import Unique, as_unique
 
 STATE_VERSION = 1
 
@@ -132,21 +134,56 @@ class Pipeline(IterableDataset[Any]):
         """Keep elements for which ``fn`` returns true."""
         return self._then(Filter(fn))
 
-    def batch(self, batch_size: int, drop_last: bool = False) -> Pipeline:
-        """Group consecutive elements into lists of ``batch_size``."""
-        return self._then(Batch(batch_size, drop_last))
+    def batch(self, batch_size: int, drop_last: bool = False, *, unique: bool | Unique = False) -> Pipeline:
+        """Group consecutive elements into lists of ``batch_size``.
+
+        ``unique=True`` (or a :class:`~torchseq.unique.Unique`) keeps every batch
+        free of repeated texts, for in-batch negatives (see :mod:`torchseq.unique`).
+        """
+        return self._then(Batch(batch_size, drop_last, unique=as_unique(unique)))
 
     def bucket(
-        self, batch_size: int, *, pool_batches: int = 64, seed: int = 0, drop_last: bool = False
+        self,
+        batch_size: int,
+        *,
+        pool_batches: int = 64,
+        seed: int = 0,
+        drop_last: bool = False,
+        unique: bool | Unique = False,
     ) -> Pipeline:
-        """Length-bucketed batches: sort a pool of ``batch_size * pool_batches`` by length, cut, shuffle."""
-        return self._then(BucketBatch(batch_size, pool_batches, seed, drop_last))
+        """Length-bucketed batches: sort a pool of ``batch_size * pool_batches`` by length, cut, shuffle.
+
+        ``unique`` as in :meth:`batch`.
+        """
+        return self._then(BucketBatch(batch_size, pool_batches, seed, drop_last, unique=as_unique(unique)))
 
     def batch_by_tokens(
-        self, max_tokens: int, *, pool_size: int = 4096, max_batch_size: int | None = None, seed: int = 0
+        self,
+        max_tokens: int,
+        *,
+        pool_size: int = 4096,
+        max_batch_size: int | None = None,
+        seed: int = 0,
+        unique: bool | Unique = False,
     ) -> Pipeline:
-        """Batches whose padded token count over all text columns stays within ``max_tokens``."""
-        return self._then(TokenBudgetBatch(max_tokens, pool_size, max_batch_size, seed))
+        """Batches whose padded token count over all text columns stays within ``max_tokens``.
+
+        ``unique`` as in :meth:`batch`.
+        """
+        return self._then(TokenBudgetBatch(max_tokens, pool_size, max_batch_size, seed,
+                                           unique=as_unique(unique)))
+
+    def sample_pairs(self, num_negatives: int | None = None, *, swap: bool = False, seed: int = 0) -> Pipeline:
+        """Draw a fresh pair from rich records every epoch (see :class:`~torchseq.sampling.SamplePairs`).
+
+        ``{"set": [...]}`` records get two distinct texts of the set; records
+        with several ``positives`` one of them; ``num_negatives`` negatives are
+        drawn from the record's negatives (``None`` keeps them all, ``0``
+        drops them); ``swap=True`` swaps anchor and positive half the time.
+        Seeded from ``(seed, epoch, record)``: deterministic whatever the
+        workers, and resumable.
+        """
+        return self._then(SamplePairs(num_negatives, swap, seed))
 
     def collate(self, pad_to_multiple_of: int | None = None, pad_id: int | None = None) -> Pipeline:
         """Pad batches into tensors (layout in :mod:`torchseq.collate`)."""
@@ -190,6 +227,27 @@ class Pipeline(IterableDataset[Any]):
         for stage, slot in zip(self._stages, slots[1:]):
             iterator = stage(iterator, ctx, slot)
         return iterator
+
+    def stream(self, ctx: Context, stage_states: list[State] | None = None) -> tuple[Iterator[Any], list[Slot]]:
+        """This pipeline's chain of generators for a given ``ctx``, resumed from ``stage_states``.
+
+        For composite sources (:func:`torchseq.mix`) that run whole pipelines
+        inside their own iteration: no context detection and no bookkeeping on
+        ``self``. The returned slots give the stages' live state.
+        """
+        states = list(stage_states) if stage_states else [{}] * (len(self._stages) + 1)
+        if len(states) != len(self._stages) + 1:
+            raise StateError(f"stages: checkpoint has {len(states)}, pipeline has {len(self._stages) + 1}")
+        slots = [Slot(s) for s in states]
+        iterator = self._source(ctx, slots[0])
+        for stage, slot in zip(self._stages, slots[1:]):
+            iterator = stage(iterator, ctx, slot)
+        return iterator, slots
+
+    @property
+    def source(self) -> Source:
+        """The pipeline's source (a reader, or a mixture of pipelines)."""
+        return self._source
 
     def _check_resume(self, resume: State, ctx: Context) -> Context:
         check_field("version", resume.get("version"), STATE_VERSION)
