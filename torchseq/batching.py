@@ -42,6 +42,17 @@ def column_lengths(record: Record) -> tuple[int, ...]:
     return tuple(lengths)
 
 
+def length_ranking(records: list[Record]) -> list[int]:
+    """Indices of ``records`` in the order a pooled batcher cuts them."""
+    lengths = [column_lengths(r) for r in records]
+    # Sort by the column holding most tokens first (the long side of the
+    # pairs), then the others: that column dominates the padding.
+    totals = [sum(column) for column in zip(*lengths)]
+    order = sorted(range(len(totals)), key=totals.__getitem__, reverse=True)
+    keys = [tuple(row[i] for i in order) for row in lengths]
+    return sorted(range(len(records)), key=keys.__getitem__)
+
+
 def padded_tokens(records: list[Record]) -> int:
     """Tokens in the padded tensors of a batch: per column, count x longest."""
     if not records:
@@ -151,8 +162,7 @@ class _PooledBatcher:
         if live["packer"] is not None:
             batches = _unique_cut(live["packer"], pool, final, getattr(self, "drop_last", False))
         else:
-            pool.sort(key=column_lengths)
-            batches = self.cut(pool, final)
+            batches = self.cut([pool[i] for i in length_ranking(pool)], final)
         if self.shuffle_batches:
             rng.shuffle(batches)
         live["ready"] = batches
@@ -340,9 +350,8 @@ def _unique_cut(packer: UniquePacker, pool: list[Record], final: bool, drop_last
     with the new one, so they land among records of similar length.
     """
     items = packer.take_back() + [(record, NEW) for record in pool]
-    items.sort(key=lambda item: column_lengths(item[0]))
-    for record, seen in items:
-        packer.push(record, seen)
+    for index in length_ranking([record for record, _ in items]):
+        packer.push(*items[index])
     if final:
         packer.finish(drop_last)
     batches, packer.ready = packer.ready, []
