@@ -189,7 +189,7 @@ def test_guid_option(tmp_path: Path) -> None:
 def test_custom_key(tmp_path: Path) -> None:
     rows = [{"anchor": f"q{i}", "positive": "Same" if i % 2 else " same "} for i in range(8)]
     spec = [write_jsonl(tmp_path / "k.jsonl", rows)]
-    assert [len(b) for b in drain(ts.read_jsonl(spec).batch(4, unique=Unique(key=str)), 0)] == [4, 4]
+    assert [len(b) for b in drain(ts.read_jsonl(spec).batch(4, unique=Unique(key=str)), 0)] == [2, 2, 2, 2]
     assert [len(b) for b in drain(ts.read_jsonl(spec).batch(4, unique=True), 0)] == [1] * 8
 
 

@@ -11,11 +11,15 @@ from torchseq.errors import (
     TorchseqError,
     UnsafeContentError,
 )
+from torchseq.meter import BatchMeter, pipeline_counters
+from torchseq.mixing import mix
 from torchseq.pipeline import Pipeline, read_jsonl, read_webdataset
+from torchseq.unique import Unique
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchMeter",
     "ConfigError",
     "Context",
     "DataError",
@@ -25,10 +29,13 @@ __all__ = [
     "StateError",
     "Topology",
     "TorchseqError",
+    "Unique",
     "UnsafeContentError",
     "__version__",
     "collate_records",
+    "mix",
     "pad_sequences",
+    "pipeline_counters",
     "read_jsonl",
     "read_webdataset",
 ]
