@@ -7,16 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from launch import torchrun
 from torch.utils.data import DataLoader
 
-pl = pytest.importorskip("lightning.pytorch")
-
-import torchseq as ts  # noqa: E402
-from torchseq.errors import StateError  # noqa: E402
-from torchseq.lightning import EpochLoader, PairDataModule  # noqa: E402
+import torchseq as ts
+from torchseq.errors import StateError
+from torchseq.lightning import EpochLoader, PairDataModule
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning"),
