@@ -31,7 +31,9 @@ def test_pad_sequences_invariants(sequences: list[list[int]], multiple: int | No
         assert (ids[row, len(seq):] == pad_id).all()
 
 
-def rec(anchor: list[int], positive: list[int], negatives: list[list[int]] | None = None, **extra: Any) -> dict[str, Any]:
+def rec(
+    anchor: Any, positive: Any, negatives: list[list[int]] | None = None, **extra: Any
+) -> dict[str, Any]:
     tokens: dict[str, Any] = {"anchor": anchor, "positive": positive}
     if negatives is not None:
         tokens["negatives"] = negatives

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from typing import Any
@@ -20,7 +19,9 @@ def tokenized(pipe: ts.Pipeline, num_workers: int = 0) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_ids_equal_reference_on_the_whole_sample(sample_files: list[str], tokenizer_file: str, num_workers: int) -> None:
+def test_ids_equal_reference_on_the_whole_sample(
+    sample_files: list[str], tokenizer_file: str, num_workers: int
+) -> None:
     records = tokenized(ts.read_jsonl(sample_files).tokenize(tokenizer_file, max_length=128), num_workers)
     assert len(records) == 4000
     anchors = encode_reference(tokenizer_file, [r["anchor"] for r in records], 128)

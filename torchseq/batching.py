@@ -47,7 +47,7 @@ def length_ranking(records: list[Record]) -> list[int]:
     lengths = [column_lengths(r) for r in records]
     # Sort by the column holding most tokens first (the long side of the
     # pairs), then the others: that column dominates the padding.
-    totals = [sum(column) for column in zip(*lengths)]
+    totals = [sum(column) for column in zip(*lengths, strict=True)]
     order = sorted(range(len(totals)), key=totals.__getitem__, reverse=True)
     keys = [tuple(row[i] for i in order) for row in lengths]
     return sorted(range(len(records)), key=keys.__getitem__)
@@ -317,12 +317,14 @@ class TokenBudget:
             return True
         if self.max_batch_size is not None and self.count >= self.max_batch_size:
             return False
-        widths = map(max, self.widths, _cost_columns(record))
+        widths = [max(a, b) for a, b in zip(self.widths, _cost_columns(record), strict=True)]
         return (self.count + 1) * sum(widths) <= self.max_tokens
 
     def add(self, record: Record) -> None:
         lengths = _cost_columns(record)
-        self.widths = tuple(map(max, self.widths, lengths)) if self.count else lengths
+        if self.count:
+            lengths = tuple(max(a, b) for a, b in zip(self.widths, lengths, strict=True))
+        self.widths = lengths
         self.count += 1
 
     def full(self) -> bool:

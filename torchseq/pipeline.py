@@ -80,7 +80,7 @@ class Pipeline(IterableDataset[Any]):
         self._topology = topology
         # One int64 in shared memory: forked and spawned workers (persistent
         # or not) see the epoch the main process sets, when they next iterate.
-        self._epoch = torch.full((1,), epoch, dtype=torch.int64).share_memory_()
+        self._epoch = torch.full((1,), epoch, dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
         self._resume: State | None = None
         self._run: _Run | None = None
 
@@ -224,7 +224,7 @@ class Pipeline(IterableDataset[Any]):
         slots = [Slot(s) for s in stage_states]
         self._run = _Run(ctx, slots)
         iterator = self._source(ctx, slots[0])
-        for stage, slot in zip(self._stages, slots[1:]):
+        for stage, slot in zip(self._stages, slots[1:], strict=True):
             iterator = stage(iterator, ctx, slot)
         return iterator
 
