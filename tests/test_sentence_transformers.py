@@ -50,7 +50,7 @@ def test_collated_batch_is_a_forward_input(model: Any, sample_files: list[str], 
     records = ts.read_jsonl(sample_files[:1]).tokenize(tokenizer, max_length=MAX_LENGTH).batch(16)
     collated = records.collate(pad_to_multiple_of=8)
     model.eval()
-    for raw, batch in zip(records, collated):
+    for raw, batch in zip(records, collated, strict=True):
         for column in ("anchor", "positive"):
             features = batch[column]
             with torch.no_grad():

@@ -47,7 +47,7 @@ _PENDING = "torchseq_pending"
 _LOADER = "loader"
 
 
-class EpochLoader(StatefulDataLoader):
+class EpochLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdata ships no types
     """A ``StatefulDataLoader`` over a pipeline that sets the pipeline's epoch itself.
 
     Args:
@@ -75,25 +75,35 @@ class EpochLoader(StatefulDataLoader):
         self._pending: deque[Any] = deque()
         self._replay: list[Any] = []
         self._pinned = False
+        self._live = False
 
-    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[Any]:
         epoch = self._epoch_fn() if self._epoch_fn is not None else self._iterations
         self._iterations += 1
-        self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+        self.dataset.set_epoch(epoch)
         replay, self._replay = self._replay, []
         self._pinned = False
         self._pending.clear()
         return self._batches(replay, super().__iter__())
 
     def _batches(self, replay: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
-        for batch in replay:
-            if self._track:
-                self._pending.append(batch)
-            yield batch
-        for batch in rest:
-            if self._track:
-                self._pending.append(batch)
-            yield batch
+        self._live = True
+        try:
+            for batch in replay:
+                if self._track:
+                    self._pending.append(batch)
+                yield batch
+            for batch in rest:
+                if self._track:
+                    self._pending.append(batch)
+                yield batch
+        finally:
+            self._live = False
+
+    @property
+    def live(self) -> bool:
+        """Whether an iteration is under way (its state is the data position, not a fresh start)."""
+        return self._live
 
     def consumed(self) -> None:
         """The oldest handed-out batch has been trained on."""
@@ -106,7 +116,7 @@ class EpochLoader(StatefulDataLoader):
         With consumption tracking, batches handed out but not consumed travel
         in the state and are yielded first after a resume.
         """
-        state = super().state_dict()
+        state: dict[str, Any] = super().state_dict()
         if not self._track:
             return state
         return {_LOADER: state, _PENDING: list(self._pending)}
@@ -175,6 +185,7 @@ class PairDataModule(pl.LightningDataModule):
         self.meter = BatchMeter(targets=targets)
         self._train_loader: EpochLoader | None = None
         self._pending_state: dict[str, Any] | None = None
+        self._counters: dict[str, int] = {}
         if val is None:
             # Lightning decides whether there is a validation loop by whether
             # the hook is overridden; without a val pipeline it must not be.
@@ -210,13 +221,19 @@ class PairDataModule(pl.LightningDataModule):
         return batch
 
     def stats(self) -> dict[str, float]:
-        """Data statistics: the meter's summary plus this rank's stage counters, prefixed ``data/``."""
+        """Data statistics: the meter's summary plus this rank's stage counters, prefixed ``data/``.
+
+        Counters are read from the live loader's state; after training, they
+        are those of the last call during training (every log step).
+        """
         out = {f"data/{k}": v for k, v in self.meter.summary().items()}
-        if self._train_loader is not None:
-            counters = pipeline_counters(self._train_loader.state_dict())
-            out.update({f"data/{k}": float(v) for k, v in counters.items()})
-            if "unique.records" in counters:
-                out["data/unique.deferral_rate"] = deferral_rate(counters)
+        loader = self._train_loader
+        if loader is not None and loader.live:
+            self._counters = pipeline_counters(loader.state_dict())
+        counters = self._counters
+        out.update({f"data/{k}": float(v) for k, v in counters.items()})
+        if "unique.records" in counters:
+            out["data/unique.deferral_rate"] = deferral_rate(counters)
         return out
 
     # ----------------------------------------------------------- state

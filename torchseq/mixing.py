@@ -239,12 +239,12 @@ class MixSource:
     @property
     def targets(self) -> dict[str, float]:
         """Target share per source name."""
-        return dict(zip(self.names, self.probabilities))
+        return dict(zip(self.names, self.probabilities, strict=True))
 
     def __repr__(self) -> str:
-        shares = ", ".join(f"{n!r}: {p:.3f}" for n, p in zip(self.names, self.probabilities))
+        shares = ", ".join(f"{n!r}: {p:.3f}" for n, p in zip(self.names, self.probabilities, strict=True))
         lines = [f"MixSource(level={self.level!r}, stop={self.stop!r}, seed={self.seed}, {{{shares}}})"]
-        for name, child in zip(self.names, self.children):
+        for name, child in zip(self.names, self.children, strict=True):
             lines += [f"    [{name}] " + line.strip() for line in repr(child).splitlines()[1:]]
         return "\n".join(lines)
 
@@ -254,7 +254,7 @@ class MixSource:
             check_field("mix sources", resume.get("sources"), list(self.names))
         saved = resume.get("children", {})
         children = []
-        for name, pipe in zip(self.names, self.children):
+        for name, pipe in zip(self.names, self.children, strict=True):
             state = saved.get(name, {})
             if state:
                 check_field(f"mix source {name!r} stages", state.get("graph"), pipe._graph())

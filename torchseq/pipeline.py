@@ -240,7 +240,7 @@ class Pipeline(IterableDataset[Any]):
             raise StateError(f"stages: checkpoint has {len(states)}, pipeline has {len(self._stages) + 1}")
         slots = [Slot(s) for s in states]
         iterator = self._source(ctx, slots[0])
-        for stage, slot in zip(self._stages, slots[1:]):
+        for stage, slot in zip(self._stages, slots[1:], strict=True):
             iterator = stage(iterator, ctx, slot)
         return iterator, slots
 
