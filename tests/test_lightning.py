@@ -67,10 +67,12 @@ def spec(make_shards: Any) -> list[str]:
     return make_shards([20, 20, 20, 20])  # 10 batches of 8 per epoch
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize(("num_workers", "persistent"), [(0, False), (2, True)])
 def test_epochs_are_set_by_the_datamodule(spec: list[str], tokenizer_file: str, tmp_path: Path,
-                                          num_workers: int) -> None:
-    model = fit(PairDataModule(make_pipeline(spec, tokenizer_file), num_workers=num_workers), 30, tmp_path)
+                                          num_workers: int, persistent: bool) -> None:
+    dm = PairDataModule(make_pipeline(spec, tokenizer_file), num_workers=num_workers,
+                        persistent_workers=persistent)
+    model = fit(dm, 30, tmp_path)
     epochs = [e for e, _ in model.seen]
     assert epochs == [0] * 10 + [1] * 10 + [2] * 10
     for epoch in range(3):
