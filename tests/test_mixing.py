@@ -264,9 +264,9 @@ def _batch_mix(sources: dict[str, list[str]], tokenizer_file: str, stop: Any) ->
     return ts.mix(children, level="batch", stop=stop, seed=4)
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_resume_batch_level(sources: dict[str, list[str]], tokenizer_file: str, num_workers: int) -> None:
-    check_resume(lambda: _batch_mix(sources, tokenizer_file, "all_exhausted"), num_workers)
+def test_resume_batch_level(sources: dict[str, list[str]], tokenizer_file: str) -> None:
+    """With workers: see the cycling test below."""
+    check_resume(lambda: _batch_mix(sources, tokenizer_file, "all_exhausted"), 0)
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

@@ -83,8 +83,11 @@ def drain(pipe: ts.Pipeline, num_workers: int) -> list[list[dict[str, Any]]]:
 STAGES = ["batch", "bucket", "batch_by_tokens"]
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-@pytest.mark.parametrize("stage", STAGES)
+# Workers: the pooled stages, where deferred records carry over between pools.
+WORKER_CASES = [("batch", 0), ("bucket", 0), ("bucket", 2), ("batch_by_tokens", 0), ("batch_by_tokens", 2)]
+
+
+@pytest.mark.parametrize(("stage", "num_workers"), WORKER_CASES)
 def test_no_duplicates_and_every_record_once(tmp_path: Path, tokenizer_file: str, stage: str, num_workers: int) -> None:
     rows = triplet_rows()
     spec = shards(tmp_path, rows)
@@ -202,8 +205,7 @@ def test_bad_options() -> None:
         ts.read_jsonl("x.jsonl").batch(4, unique="yes")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize(("stage", "num_workers"), WORKER_CASES)
 def test_resume_exact(tmp_path: Path, tokenizer_file: str, stage: str, num_workers: int) -> None:
     spec = shards(tmp_path, triplet_rows(240))
     check_resume(lambda: build(spec, stage, Unique(max_deferred=8), tokenizer_file), num_workers)
