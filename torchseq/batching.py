@@ -133,7 +133,14 @@ class _PooledBatcher:
     def _release(self, live: dict[str, Any], rng: random.Random, final: bool, per_batch: int | None) -> None:
         pool = live["pool"]
         live["pool"] = []
-        pool.sort(key=column_lengths)
+        lengths = [column_lengths(r) for r in pool]
+        # Sort by the column holding most tokens first (the long side of the
+        # pairs), then the others: that column dominates the padding.
+        totals = [sum(column) for column in zip(*lengths, strict=True)]
+        order = sorted(range(len(totals)), key=totals.__getitem__, reverse=True)
+        keys = [tuple(row[i] for i in order) for row in lengths]
+        ranked = sorted(range(len(pool)), key=keys.__getitem__)
+        pool = [pool[i] for i in ranked]
         batches = self.cut(pool, final)
         if per_batch is not None:
             batches = fit_count(batches, -(-len(pool) // per_batch))
@@ -260,7 +267,7 @@ class TokenBudgetBatch(_PooledBatcher):
         widths: list[int] = []
         for record in records:
             lengths = _cost_columns(record)
-            new_widths = [max(a, b) for a, b in zip(widths, lengths)] if widths else list(lengths)
+            new_widths = [max(a, b) for a, b in zip(widths, lengths, strict=True)] if widths else list(lengths)
             cost = (len(current) + 1) * sum(new_widths)
             full = self.max_batch_size is not None and len(current) >= self.max_batch_size
             if current and (cost > self.max_tokens or full):

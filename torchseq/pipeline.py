@@ -88,7 +88,7 @@ class Pipeline(IterableDataset[Any]):
         self._balance = check_policy(balance)
         # One int64 in shared memory: forked and spawned workers (persistent
         # or not) see the epoch the main process sets, when they next iterate.
-        self._epoch = torch.full((1,), epoch, dtype=torch.int64).share_memory_()
+        self._epoch = torch.full((1,), epoch, dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
         self._resume: State | None = None
         self._run: _Run | None = None
 
@@ -267,7 +267,7 @@ class Pipeline(IterableDataset[Any]):
 
     def _chain(self, ctx: Context, slots: list[Slot]) -> Iterator[Any]:
         iterator = self._source(ctx, slots[0])
-        for stage, slot in zip(self._stages, slots[1:]):
+        for stage, slot in zip(self._stages, slots[1:], strict=True):
             iterator = stage(iterator, ctx, slot)
         return iterator
 

@@ -8,9 +8,9 @@ error policy once for all of them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from torchseq.context import Context
 from torchseq.errors import DataError, ErrorPolicy, OnError, TorchseqError

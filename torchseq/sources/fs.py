@@ -34,17 +34,30 @@ def open_binary(path: str) -> IO[bytes]:
     return open(path.removeprefix("file://"), "rb")
 
 
+class _OwningReader(io.BufferedReader):
+    """A buffered reader over a decompressor that also closes the file underneath."""
+
+    def __init__(self, decompressed: Any, underlying: IO[bytes]) -> None:
+        super().__init__(decompressed, buffer_size=1 << 16)
+        self._underlying = underlying
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._underlying.close()
+
+
 def open_text_stream(path: str) -> IO[bytes]:
     """Open a shard and undo ``.gz`` / ``.zst`` compression; yields bytes lines when iterated."""
     raw = open_binary(path)
     if path.endswith(".gz"):
-        return io.BufferedReader(gzip.GzipFile(fileobj=raw, mode="rb"), buffer_size=1 << 16)  # type: ignore[arg-type]
+        return _OwningReader(gzip.GzipFile(fileobj=raw, mode="rb"), raw)
     if path.endswith(".zst"):
         try:
             import zstandard
         except ImportError as exc:
             raw.close()
             raise ConfigError(f"{path}: reading .zst needs zstandard: pip install 'torchseq[zstd]'") from exc
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-        return io.BufferedReader(reader, buffer_size=1 << 16)  # type: ignore[arg-type]
+        return _OwningReader(zstandard.ZstdDecompressor().stream_reader(raw), raw)
     return raw
