@@ -5,10 +5,12 @@ every process knows alike. Counting means reading a shard to the end, so the
 counts are cached in a small JSON file per shard directory:
 
 * beside the shards (``DIR/.torchseq-index.json``) when that directory is a
-  local one we may write to;
+  local one we may write to (a directory without any write permission bit
+  counts as read-only, for root too);
 * else in the cache directory (``$TORCHSEQ_CACHE_DIR``, default
   ``$XDG_CACHE_HOME/torchseq`` or ``~/.cache/torchseq``), one file per shard
-  directory (remote URLs always go there).
+  directory (remote URLs always go there);
+* only in ``$TORCHSEQ_INDEX_DIR`` when that is set (never beside the shards).
 
 An entry is keyed by the shard's size and modification time (for remote
 shards the ETag when the store gives one), and by the reader (a ``.jsonl``
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -38,6 +41,11 @@ from torchseq.sources.spec import is_url
 
 INDEX_NAME = ".torchseq-index.json"
 INDEX_VERSION = 1
+
+logger = logging.getLogger(__name__)
+
+# (directory, name, key, reader) -> records: counts this process made or read.
+_COUNTED: dict[tuple[str, str, str, str], int] = {}
 
 # index file path -> (its stat stamp, parsed entries): workers of later epochs
 # and len() skip re-parsing an unchanged file.
@@ -63,13 +71,31 @@ def _split(path: str) -> tuple[str, str]:
     return os.path.dirname(path), os.path.basename(path)
 
 
+def _digest(directory: str) -> str:
+    return hashlib.blake2b(directory.encode(), digest_size=12).hexdigest()
+
+
 def _cached_path(directory: str) -> str:
-    digest = hashlib.blake2b(directory.encode(), digest_size=12).hexdigest()
-    return os.path.join(cache_dir(), "index", f"{digest}.json")
+    return os.path.join(cache_dir(), "index", f"{_digest(directory)}.json")
+
+
+def _writable(directory: str) -> bool:
+    """We may add files here: permitted, and the mode has some write bit.
+
+    The mode check keeps root (whom permissions do not stop) out of
+    directories published read-only.
+    """
+    try:
+        return os.access(directory, os.W_OK) and bool(os.stat(directory).st_mode & 0o222)
+    except OSError:
+        return False
 
 
 def _candidates(directory: str) -> list[str]:
     """Index files that may hold entries for ``directory``, preferred first."""
+    explicit = os.environ.get("TORCHSEQ_INDEX_DIR")
+    if explicit:
+        return [os.path.join(explicit, f"{_digest(directory)}.json")]
     if is_url(directory):
         return [_cached_path(directory)]
     return [os.path.join(directory, INDEX_NAME), _cached_path(directory)]
@@ -121,13 +147,17 @@ def _read(path: str) -> dict[str, Any]:
     return entries  # type: ignore[no-any-return]
 
 
-def _write(paths: list[str], directory: str, new: dict[str, Any], present: set[str]) -> str:
+def _write(paths: list[str], directory: str, new: dict[str, Any], present: set[str]) -> str | None:
     """Merge ``new`` entries into the first index file we may write, atomically.
 
     Entries of files no longer in the directory (``present``) are pruned.
+    Returns the file written, or ``None`` when no place accepts it (the
+    counts then live in this process only).
     """
     last_error: OSError | None = None
     for path in paths:
+        if os.path.basename(path) == INDEX_NAME and not _writable(os.path.dirname(path)):
+            continue
         entries = {k: v for k, v in _read(path).items() if k in present}
         entries.update(new)
         payload = json.dumps(
@@ -151,7 +181,8 @@ def _write(paths: list[str], directory: str, new: dict[str, Any], present: set[s
                 os.unlink(tmp)
             continue
         return path
-    raise OSError(f"cannot write a record-count index for {directory}: {last_error}")
+    logger.warning("cannot write a record-count index for %s: %s", directory, last_error)
+    return None
 
 
 @contextlib.contextmanager
@@ -162,7 +193,7 @@ def _locked(directory: str) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    name = os.path.basename(_cached_path(directory)) + ".lock"
+    name = f"{_digest(directory)}.lock"
     try:
         lock_dir = os.path.join(cache_dir(), "locks")
         os.makedirs(lock_dir, exist_ok=True)
@@ -237,7 +268,12 @@ def _directory_counts(
         for path in reversed(candidates):  # preferred file wins
             merged.update(_read(path))
         for position, name in members:
-            count = None if rebuild else _lookup(merged, name, keys.get(name), reader)
+            key = keys.get(name)
+            count = None
+            if not rebuild and key is not None:
+                count = _COUNTED.get((directory, name, key, reader))
+                if count is None:
+                    count = _lookup(merged, name, key, reader)
             if count is None:
                 missing.append((position, name))
             else:
@@ -253,13 +289,16 @@ def _directory_counts(
         if not missing:
             return found
         new: dict[str, Any] = {}
-        for position, name in missing:
-            count = count_items(source, paths[position])
-            found.append((position, count))
-            if name in keys:  # a missing shard (skipped) is counted, never cached
-                new[name] = {"key": keys[name], "reader": reader, "records": count}
-        if new:
-            _write(candidates, directory, new, set(keys))
+        try:
+            for position, name in missing:
+                count = count_items(source, paths[position])
+                found.append((position, count))
+                if name in keys:  # a missing shard (skipped) is counted, never cached
+                    new[name] = {"key": keys[name], "reader": reader, "records": count}
+                    _COUNTED[(directory, name, keys[name], reader)] = count
+        finally:  # keep what was counted even when a later shard fails
+            if new:
+                _write(candidates, directory, new, set(keys))
     return found
 
 
