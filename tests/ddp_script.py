@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 import torchseq as ts
-from torchseq.balance import BalanceWarning
+from torchseq.guard import BalanceWarning
 
 
 def guids(batch: Any) -> list[int]:

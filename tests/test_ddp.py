@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import write_jsonl
 
 import torchseq as ts
-from torchseq.balance import BalanceWarning
 from torchseq.context import Context
-from conftest import write_jsonl
+from torchseq.guard import BalanceWarning
 
 # Very different shard sizes, an empty one included.
 SIZES = [3, 700, 0, 41, 1200, 1, 260, 95]
@@ -144,7 +144,7 @@ def test_torchrun_two_ranks_two_workers(uneven_shards, tokenizer_file, tmp_path,
     ranks = [json.loads(Path(f"{out}.{r}.json").read_text()) for r in range(2)]
     source = set(range(sum(SIZES)))
     for name in ranks[0]:
-        epochs = list(zip(ranks[0][name], ranks[1][name]))
+        epochs = list(zip(ranks[0][name], ranks[1][name], strict=True))
         for first, second in epochs:
             assert first["steps"] == second["steps"] == first["len"], name
             assert first["all_steps"] == 2 * first["steps"], name

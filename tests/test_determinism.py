@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import write_jsonl
 
 SCRIPT = Path(__file__).with_name("order_script.py")
@@ -49,7 +48,7 @@ def runs(tmp_path_factory, tokenizer_file) -> list[dict[str, Any]]:
         done = subprocess.run([sys.executable, str(SCRIPT), str(config)], env=env,
                               capture_output=True, text=True, timeout=240)
         assert done.returncode == 0, done.stderr[-4000:]
-        results.append(dict(zip(RUNS, json.loads(done.stdout))))
+        results.append(dict(zip(RUNS, json.loads(done.stdout), strict=True)))
     return results
 
 

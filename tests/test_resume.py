@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REPO, write_jsonl
 from resume import check_resume, weights_only_roundtrip
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 import torchseq as ts
-from torchseq.balance import BalanceWarning
 from torchseq.context import Context
-from conftest import REPO, write_jsonl
+from torchseq.guard import BalanceWarning
 
 SCRIPT = Path(__file__).with_name("resume_script.py")
 SIZES = [90, 3, 0, 210, 41, 17]

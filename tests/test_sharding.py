@@ -21,7 +21,9 @@ from torchseq.context import Context
 from torchseq.sharding import RecordLevelSplitWarning, assign_shards, shard_order
 
 
-def make_plan(counts: list[int], world_size: int, quantum: int, policy: str, epoch: int = 0, seed: int | None = 7) -> EpochPlan:
+def make_plan(
+    counts: list[int], world_size: int, quantum: int, policy: str, epoch: int = 0, seed: int | None = 7
+) -> EpochPlan:
     return EpochPlan(counts, world_size, quantum, policy, epoch, lambda e: shard_order(len(counts), e, seed))
 
 

@@ -43,12 +43,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torchseq.errors import ConfigError, DataError
+from torchseq.errors import ConfigError
 
 POLICIES = ("partial", "drop", "pad", "wrap")
 OFF = "off"
@@ -328,83 +327,47 @@ def batching_quantum(stages: Sequence[Any]) -> tuple[int, bool]:
     return int(quantum), bool(drop_last)
 
 
-class BalanceWarning(UserWarning):
-    """A worker produced a different number of batches than planned; the step guard evened it out."""
+def plan_epoch(source: Any, stages: Sequence[Any], policy: str, ctx: Any) -> EpochPlan | None:
+    """The plan of ``ctx.epoch`` for a pipeline; ``None`` when it is not balanced.
 
-
-@dataclass(frozen=True)
-class StepGuard:
-    """Hold a worker to exactly ``ctx.share.num_batches`` items per epoch (``world_size > 1``).
-
-    The plan gives every worker the records for its batches; the guard
-    catches what counts cannot foresee (a ``filter``, bad records skipped
-    under ``on_error="skip"``). Extra items are not delivered; missing ones
-    are made up by repeating this worker's first items of the epoch, read
-    again from the start. Either way a :class:`BalanceWarning` says how many.
-
-    State: ``yielded`` (items delivered), ``replayed`` (repeats delivered;
-    present only once repeating has begun).
+    Counts come from :mod:`torchseq.index` (counted once, then cached).
     """
+    from torchseq.index import shard_counts
+    from torchseq.sharding import shard_order
+    from torchseq.sources.base import ShardSource
 
-    def __call__(
-        self, upstream: Any, target: int, slot: Any, restart: Callable[[], Any], where: str
-    ) -> Any:
-        live = {"yielded": int(slot.resume.get("yielded", 0))}
-        if "replayed" in slot.resume:
-            live["replayed"] = int(slot.resume["replayed"])
-        slot.snapshot = lambda: dict(live)
-        return self._steps(upstream, target, live, restart, where)
-
-    def _steps(
-        self, upstream: Any, target: int, live: dict[str, int], restart: Callable[[], Any], where: str
-    ) -> Iterator[Any]:
-        if "replayed" not in live:
-            for item in upstream:
-                if live["yielded"] >= target:
-                    warnings.warn(
-                        f"{where}: the pipeline had more than the {target} batches planned; the "
-                        "rest was not delivered, to keep ranks in step (a stage changed the "
-                        "record count)",
-                        BalanceWarning,
-                        stacklevel=2,
-                    )
-                    return
-                live["yielded"] += 1
-                yield item
-        if live["yielded"] >= target:
-            return
-        produced = live["yielded"] - live.get("replayed", 0)
-        live.setdefault("replayed", 0)
-        replay = _endless(restart)
-        for _ in range(live["replayed"]):
-            next(replay, None)
-        for item in replay:
-            live["yielded"] += 1
-            live["replayed"] += 1
-            yield item
-            if live["yielded"] >= target:
-                break
-        if live["yielded"] < target:
-            raise DataError(
-                f"{where}: the pipeline yielded none of the {target} batches planned, so there "
-                "is nothing to repeat; under DDP every rank must yield the same number of "
-                "batches (did a filter remove all of this worker's records?)"
-            )
-        warnings.warn(
-            f"{where}: the pipeline had {produced} of the {target} batches planned; repeated "
-            f"{target - produced} of them to keep ranks in step (a filter or skipped records "
-            "changed the record count)",
-            BalanceWarning,
-            stacklevel=2,
-        )
+    if policy == OFF or not isinstance(source, ShardSource):
+        return None
+    quantum, drop_last = batching_quantum(stages)
+    effective = "drop" if drop_last and policy == "partial" else policy
+    shards = source.shard_list()
+    counts = shard_counts(source, shards)
+    seed = source.shuffle_seed
+    return EpochPlan(counts, ctx.world_size, quantum, effective, ctx.epoch,
+                     lambda epoch: shard_order(len(shards), epoch, seed))
 
 
-def _endless(restart: Callable[[], Iterator[Any]]) -> Iterator[Any]:
-    """This worker's epoch again and again; stops if a pass is empty."""
-    while True:
-        empty = True
-        for item in restart():
-            empty = False
-            yield item
-        if empty:
-            return
+def batches_per_rank(source: Any, stages: Sequence[Any], policy: str, ctx: Any) -> int:
+    """``len(pipeline)``: batches every rank yields in ``ctx.epoch``.
+
+    Raises:
+        TypeError: the number cannot be known (what ``len`` users expect).
+    """
+    from torchseq.batching import TokenBudgetBatch
+    from torchseq.sources.base import ShardSource
+
+    reason = None
+    if policy == OFF:
+        reason = "balancing is off (.balance('off')), so batch counts depend on how shards fall to workers"
+    elif not isinstance(source, ShardSource):
+        reason = f"the source {type(source).__name__} has no per-shard record counts"
+    elif ctx.world_size == 1 and any(isinstance(s, TokenBudgetBatch) for s in stages):
+        reason = ("batch_by_tokens makes as many batches as the token lengths need; the count is "
+                  "planned from record counts only under DDP (world_size > 1)")
+    if reason is not None:
+        raise TypeError(f"len(pipeline) is unknown: {reason}")
+    try:
+        plan = plan_epoch(source, stages, policy, ctx)
+    except ConfigError as exc:
+        raise TypeError(f"len(pipeline) is unknown: {exc}") from exc
+    return plan.layout.batches if plan is not None else 0

@@ -217,7 +217,7 @@ class TokenBudgetBatch(_PooledBatcher):
     while ``padded_tokens(batch) <= max_tokens``. A record that alone exceeds
     the budget forms its own batch.
 
-    Balanced (equal batches per rank, :mod:`torchseq.balance`): the number of
+    Under DDP (equal batches per rank, :mod:`torchseq.balance`) the number of
     batches must follow from record counts alone, so it is planned for the
     worst case. ``max_record_tokens`` bounds one record's padded width summed
     over the columns (each text truncated to ``max_length``), so any
@@ -256,7 +256,7 @@ class TokenBudgetBatch(_PooledBatcher):
         return per_batch, False
 
     def pooling(self, ctx: Context) -> tuple[int, int | None]:
-        if ctx.share is None:
+        if ctx.share is None or not ctx.share.guard:  # one rank: nothing to keep in step
             return self.pool_size, None
         per_batch = self.balance_quantum()[0]
         return -(-self.pool_size // per_batch) * per_batch, per_batch
@@ -295,7 +295,7 @@ def fit_count(batches: list[list[Record]], count: int) -> list[list[Record]]:
         batches[i : i + 1] = [batches[i][:half], batches[i][half:]]
         costs[i : i + 1] = [padded_tokens(batches[i]), padded_tokens(batches[i + 1])]
     if len(batches) > count:
-        from torchseq.balance import BalanceWarning
+        from torchseq.guard import BalanceWarning
 
         warnings.warn(
             f"batch_by_tokens: a pool needed {len(batches)} batches where {count} were planned "

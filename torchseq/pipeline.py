@@ -14,16 +14,15 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from torchseq.balance import OFF, EpochPlan, StepGuard, batching_quantum, check_policy
+from torchseq.balance import EpochPlan, batches_per_rank, check_policy, plan_epoch
 from torchseq.batching import Batch, BucketBatch, TokenBudgetBatch
 from torchseq.collate import Collate
 from torchseq.context import Context, Topology, detect_topology
 from torchseq.errors import ConfigError, StateError, check_on_error
-from torchseq.index import shard_counts
+from torchseq.guard import StepGuard
 from torchseq.records import TEXT_FIELDS, check_fields
 from torchseq.shuffle import BufferShuffle
 from torchseq.sources import JsonlSource, ShardSource, ShardSpec, WebDatasetSource
-from torchseq.sharding import shard_order
 from torchseq.sources.base import DEFAULT_MAX_RECORD_BYTES
 from torchseq.state import Slot, State, check_field
 from torchseq.tokenize import Tokenize, tokenizer_spec
@@ -277,16 +276,9 @@ class Pipeline(IterableDataset[Any]):
         A single worker under ``"partial"`` reads every shard in order anyway,
         so it skips counting: the stream is the same either way.
         """
-        source = self._source
-        if self._balance == OFF or not needed or not isinstance(source, ShardSource):
+        if not needed:
             return None
-        quantum, drop_last = batching_quantum(self._stages)
-        policy = "drop" if drop_last and self._balance == "partial" else self._balance
-        shards = source.shard_list()
-        counts = shard_counts(source, shards)
-        seed = source.shuffle_seed
-        return EpochPlan(counts, ctx.world_size, quantum, policy, ctx.epoch,
-                         lambda epoch: shard_order(len(shards), epoch, seed))
+        return plan_epoch(self._source, self._stages, self._balance, ctx)
 
     def _check_plan(self, saved: Any, ctx: Context) -> None:
         now = _plan_state(ctx)
@@ -320,22 +312,7 @@ class Pipeline(IterableDataset[Any]):
             TypeError: the number cannot be known (``DataLoader``, Lightning
                 and tqdm treat this as "no length").
         """
-        ctx = self.context()
-        reason = None
-        if self._balance == OFF:
-            reason = "balancing is off (.balance('off')), so batch counts depend on how shards fall to workers"
-        elif not isinstance(self._source, ShardSource):
-            reason = f"the source {type(self._source).__name__} has no per-shard record counts"
-        elif ctx.world_size == 1 and any(isinstance(s, TokenBudgetBatch) for s in self._stages):
-            reason = ("batch_by_tokens makes as many batches as the token lengths need; the count is "
-                      "planned from record counts only under DDP (world_size > 1)")
-        if reason is not None:
-            raise TypeError(f"len(pipeline) is unknown: {reason}")
-        try:
-            plan = self._epoch_plan(ctx)
-        except ConfigError as exc:
-            raise TypeError(f"len(pipeline) is unknown: {exc}") from exc
-        return plan.layout.batches if plan is not None else 0
+        return batches_per_rank(self._source, self._stages, self._balance, self.context())
 
     def __bool__(self) -> bool:
         return True  # never count records just to answer ``if pipe:``

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from torchseq.context import Context, derive_seed
 from torchseq.errors import ConfigError
 
+
 @dataclass(frozen=True)
 class Assignment:
     """One global worker's share of an epoch.

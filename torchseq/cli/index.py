@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     if not args.quiet:
         width = max(len(s) for s in shards)
-        for shard, count in zip(shards, counts):
+        for shard, count in zip(shards, counts, strict=True):
             print(f"{shard:<{width}}  {count:>12,}")
     print(f"{sum(counts):,} records in {len(shards):,} shards ({elapsed:.2f}s)")
     for path in index_paths(source, shards):
