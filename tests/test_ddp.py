@@ -166,3 +166,20 @@ def test_torchrun_two_ranks_two_workers(uneven_shards, tokenizer_file, tmp_path,
         assert (len(missing), repeats) == (report["dropped"], report["repeated"]), name
         if report["policy"] == "partial":
             assert not missing and not repeats, name
+
+
+def test_webdataset_shards_split_inside_tars(tmp_path):
+    import webdataset as wds
+
+    paths, start = [], 0
+    for k, size in enumerate([57, 2, 0, 131]):
+        path = tmp_path / f"w-{k}.tar"
+        with wds.TarWriter(str(path)) as sink:
+            for record in rows(start, size):
+                sink.write({"__key__": f"{record['guid']:06d}", "json": record})
+        paths.append(str(path))
+        start += size
+    pipe = ts.read_webdataset(paths).shuffle(20, seed=4).batch(8)
+    per_rank = run_everywhere(pipe, 3, 2)
+    assert {b for b, _ in per_rank} == {len(pipe.with_topology(0, 3))}
+    assert sorted(g for _, gs in per_rank for g in gs) == list(range(190))
