@@ -97,7 +97,7 @@ def check_plan(counts: list[int], world_size: int, num_workers: int, quantum: in
 sizes = st.lists(st.integers(0, 300), min_size=1, max_size=40)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     counts=sizes,
     world_size=st.integers(1, 9),
@@ -109,7 +109,7 @@ def test_every_record_once_and_equal_batches(counts, world_size, num_workers, qu
     check_plan(counts, world_size, num_workers, quantum, policy)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     counts=sizes,
     world_size=st.integers(1, 6),
