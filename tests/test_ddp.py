@@ -183,3 +183,14 @@ def test_webdataset_shards_split_inside_tars(tmp_path):
     per_rank = run_everywhere(pipe, 3, 2)
     assert {b for b, _ in per_rank} == {len(pipe.with_topology(0, 3))}
     assert sorted(g for _, gs in per_rank for g in gs) == list(range(190))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2, 3])
+def test_dataloader_len_is_what_it_yields(uneven_shards, num_workers):
+    from torch.utils.data import DataLoader
+
+    pipe = ts.read_jsonl(uneven_shards).shuffle(30, seed=0).batch(16)
+    loader = DataLoader(pipe, batch_size=None, num_workers=num_workers)
+    expected = len(loader)  # DataLoader warns (an error here) if it yields more than this
+    assert expected == -(-sum(SIZES) // 16)
+    assert sum(1 for _ in loader) == expected
