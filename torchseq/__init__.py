@@ -11,6 +11,7 @@ from torchseq.errors import (
     TorchseqError,
     UnsafeContentError,
 )
+from torchseq.guard import BalanceWarning
 from torchseq.meter import BatchMeter, pipeline_counters
 from torchseq.mixing import mix
 from torchseq.pipeline import Pipeline, read_jsonl, read_webdataset
@@ -19,6 +20,7 @@ from torchseq.unique import Unique
 __version__ = "0.1.0"
 
 __all__ = [
+    "BalanceWarning",
     "BatchMeter",
     "ConfigError",
     "Context",

@@ -58,16 +58,21 @@ LEVEL_CHOICES = ("record", "batch")
 
 # ---------------------------------------------------------------- weights
 def count_records(pipe: Pipeline) -> int:
-    """Records the pipeline's source yields in one epoch (all ranks and workers together).
+    """Records the pipeline's source holds in one epoch (all ranks and workers together).
 
-    The one place mixture weights get sizes from. It reads the source once
-    in this process; a shard index, where one exists, answers without reading.
+    The one place mixture weights get sizes from: the shard index of
+    :mod:`torchseq.index` (counted once, cached beside the shards). Other
+    sources are read once in this process.
     """
+    from torchseq.index import shard_counts
+    from torchseq.sources.base import ShardSource
+
     source = pipe.source
     if isinstance(source, MixSource):
         return sum(count_records(child) for child in source.children)
-    iterator = source(Context(), Slot())
-    return sum(1 for _ in iterator)
+    if isinstance(source, ShardSource):
+        return sum(shard_counts(source))
+    return sum(1 for _ in source(Context(), Slot()))
 
 
 def mixture_weights(
@@ -188,7 +193,7 @@ def _rows(element: Any) -> int:
 class _Child:
     """One source's live run inside one mixture run."""
 
-    __slots__ = ("name", "pipe", "ctx", "passes", "iterator", "slots", "exhausted")
+    __slots__ = ("name", "pipe", "ctx", "passes", "iterator", "snapshot_stream", "exhausted")
 
     def __init__(self, name: str, pipe: Pipeline, ctx: Context, state: State) -> None:
         self.name = name
@@ -196,23 +201,18 @@ class _Child:
         self.ctx = ctx
         self.passes = int(state.get("passes", 0))
         self.exhausted = bool(state.get("exhausted", False))
-        self._open(state.get("stages"))
+        self._open(state.get("stream"))
 
-    def _open(self, stage_states: list[State] | None) -> None:
+    def _open(self, state: State | None) -> None:
         ctx = dataclasses.replace(self.ctx, epoch=_pass_epoch(self.ctx.epoch, self.passes))
-        self.iterator, self.slots = self.pipe.stream(ctx, stage_states)
+        self.iterator, self.snapshot_stream = self.pipe.stream(ctx, state)
 
     def restart(self) -> None:
         self.passes += 1
         self._open(None)
 
     def snapshot(self) -> State:
-        return {
-            "graph": self.pipe._graph(),
-            "passes": self.passes,
-            "exhausted": self.exhausted,
-            "stages": [slot.snapshot() for slot in self.slots],
-        }
+        return {"passes": self.passes, "exhausted": self.exhausted, "stream": self.snapshot_stream()}
 
 
 _END = object()
@@ -255,10 +255,7 @@ class MixSource:
         saved = resume.get("children", {})
         children = []
         for name, pipe in zip(self.names, self.children, strict=True):
-            state = saved.get(name, {})
-            if state:
-                check_field(f"mix source {name!r} stages", state.get("graph"), pipe._graph())
-            children.append(_Child(name, pipe, ctx, state))
+            children.append(_Child(name, pipe, ctx, saved.get(name, {})))
         counters = {f"mix.{n}.{unit}": 0 for n in self.names for unit in ("records", "batches")}
         counters.update({k: int(v) for k, v in resume.get("counters", {}).items()})
         live: dict[str, Any] = {"step": int(resume.get("step", 0))}

@@ -32,6 +32,7 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from torchseq.context import Context
 from torchseq.errors import ConfigError
 from torchseq.records import Record
 from torchseq.state import State, decode_records, encode_records
@@ -86,6 +87,12 @@ def as_unique(value: bool | Unique | None) -> Unique | None:
     raise ConfigError(f"unique: expected a bool or torchseq.unique.Unique, got {type(value).__name__}")
 
 
+def planned_batches(ctx: Context) -> int | None:
+    """Batches this worker must yield this epoch when DDP balancing holds it to a plan."""
+    share = ctx.share
+    return share.num_batches if share is not None and share.guard else None
+
+
 def _ids_key(ids: Any) -> Hashable:
     return ("ids", tuple(ids.tolist() if hasattr(ids, "tolist") else ids))
 
@@ -130,14 +137,24 @@ class UniquePacker:
     deferred records) so a pooled batcher can sort it into its next pool;
     ``finish`` applies the leftover rule at the end of the epoch.
 
+    With ``planned`` (the batches this worker must yield this epoch, under
+    DDP balancing) a record never costs an extra batch: where ``"smaller"``
+    would cut a batch short and the plan cannot afford it, the record joins a
+    full batch instead (counted in ``forced``).
+
     State: ``current`` (the batch being filled), ``deferred`` (held-back
-    records, oldest first), ``ready``, ``counters``.
+    records, oldest first), ``ready``, ``emitted`` (batches this epoch),
+    ``counters``.
     """
 
-    def __init__(self, options: Unique, limit: Limit, resume: State | None = None) -> None:
+    def __init__(
+        self, options: Unique, limit: Limit, resume: State | None = None, planned: int | None = None
+    ) -> None:
         self.options = options
         self.limit = limit
+        self.planned = planned
         resume = resume or {}
+        self.emitted = int(resume.get("emitted", 0))
         self.current: list[Record] = []
         self.current_keys: set[Hashable] = set()
         self.deferred: list[Record] = []
@@ -157,6 +174,7 @@ class UniquePacker:
             "current": encode_records(self.current),
             "deferred": encode_records(self.deferred),
             "ready": [encode_records(b) for b in self.ready],
+            "emitted": self.emitted,
             "counters": {f"unique.{name}": value for name, value in self.counters.items()},
         }
 
@@ -184,6 +202,7 @@ class UniquePacker:
     def _emit(self, smaller: bool = False) -> None:
         if self.current:
             self.ready.append(self.current)
+            self.emitted += 1
             self.counters["smaller"] += smaller
         self.current = []
         self.current_keys = set()
@@ -228,6 +247,8 @@ class UniquePacker:
     def _overflow(self) -> None:
         """The deferral buffer is full: the oldest deferred record meets the leftover rule now."""
         rule = self.options.leftover
+        if rule == "smaller" and self.planned is not None:
+            rule = "duplicates"  # a smaller batch mid-epoch would cost the plan a batch
         if rule == "drop":
             self._unhold(0)
             self.counters["dropped"] += 1
@@ -264,7 +285,7 @@ class UniquePacker:
                 self.counters["dropped"] += len(self.deferred)
                 self.deferred, self.deferred_keys = [], []
                 break
-            if rule == "smaller":
+            if rule == "smaller" and self._can_cut_short():
                 self._emit(smaller=True)
                 continue
             while self.deferred and not self.limit.full():
@@ -278,6 +299,13 @@ class UniquePacker:
             self.current, self.current_keys = [], set()
             self.limit.reset()
         self._emit()
+
+    def _can_cut_short(self) -> bool:
+        """Whether the plan, if any, leaves room for one more batch after a short one."""
+        size = getattr(self.limit, "size", None)
+        if self.planned is None or not isinstance(size, int):
+            return True
+        return len(self.deferred) <= (self.planned - self.emitted - 1) * size
 
     def drain(self) -> Iterator[list[Record]]:
         """Yield ready batches in order; each leaves ``ready`` before it is yielded."""
