@@ -199,6 +199,21 @@ def test_schedule_is_the_same_for_every_rank_and_worker_count(sources: dict[str,
     assert not set(first) & set(second)
 
 
+@pytest.mark.parametrize("stop", ["first_exhausted", "all_exhausted"])
+def test_ranks_stay_in_step_when_sources_run_dry(sources: dict[str, list[str]], stop: str) -> None:
+    """Each source is balanced across ranks on its own, so every rank's workers run dry at the same steps."""
+
+    def make(rank: int) -> ts.Pipeline:
+        children = {n: p.batch(4) for n, p in readers(sources).items()}
+        return ts.mix(children, weights=[1, 1, 2], level="batch", stop=stop, seed=5).with_topology(rank, 2)
+
+    runs = [_batch_sources(make(rank), 2, 10_000) for rank in range(2)]
+    assert runs[0] == runs[1]
+    assert len(runs[0]) > 0
+    if stop == "all_exhausted":
+        assert len(runs[0]) == sum(-(-size // 2 // 4) for size in SIZES.values())  # every batch once
+
+
 DDP_SCRIPT = r"""
 import itertools, json, sys
 import torch

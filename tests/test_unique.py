@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -209,3 +210,22 @@ def test_bad_options() -> None:
 def test_resume_exact(tmp_path: Path, tokenizer_file: str, stage: str, num_workers: int) -> None:
     spec = shards(tmp_path, triplet_rows(240))
     check_resume(lambda: build(spec, stage, Unique(max_deferred=8), tokenizer_file), num_workers)
+
+
+@pytest.mark.parametrize("stage", ["batch", "bucket", "batch_by_tokens"])
+def test_planned_batch_count_kept_under_ddp(tmp_path: Path, tokenizer_file: str, stage: str) -> None:
+    """Balanced DDP plans a number of batches per rank; unique= must not cost extra ones."""
+    rows = duplicate_rows()
+    spec = shards(tmp_path, rows)
+    guids: list[int] = []
+    for rank in range(2):
+        pipe = build(spec, stage, True, tokenizer_file).with_topology(rank, 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ts.BalanceWarning)
+            batches = list(pipe)
+        assert len(batches) == len(pipe)
+        counters = pipeline_counters(pipe.state_dict())
+        assert counters["unique.deferrals"] > 0
+        assert sum(not _is_unique(b) for b in batches) <= counters["unique.forced"]
+        guids += [r["guid"] for b in batches for r in b]
+    assert sorted(guids) == list(range(len(rows)))

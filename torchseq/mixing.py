@@ -24,10 +24,14 @@ Two levels:
 Stop rules: ``"first_exhausted"`` ends the epoch when a drawn source runs dry;
 ``"all_exhausted"`` drops dry sources and renormalises until none is left;
 ``"never"`` restarts a dry source (a new pass, reshuffled) and runs until the
-training loop stops (``max_steps``). With DataLoader workers or DDP ranks,
-sources run dry per worker: the same-source-per-step guarantee holds for
-every step under ``"never"``, and under the other rules up to the first step
-at which some worker's share of a source runs dry.
+training loop stops (``max_steps``). Sources run dry per DataLoader worker.
+Each source is balanced across ranks on its own (:mod:`torchseq.balance`:
+the same number of batches on every rank, dealt alike to the workers), so at
+batch level every rank's workers run dry at the same steps: all ranks yield
+the same number of batches and the same source at every step, under every
+stop rule. At record level the batches are cut after the mixture and ranks
+may differ by a batch at the end of an epoch: under DDP use ``"never"``
+there, or batch level.
 
 Each element is tagged with its source name (``tag="dataset"``): records get
 ``record["dataset"]``, collated batches ``batch["dataset"]`` (one per row).
