@@ -21,6 +21,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning"),
     pytest.mark.filterwarnings("ignore:.*callbacks used to create the checkpoint.*:UserWarning"),
     pytest.mark.filterwarnings("ignore:.*Checkpoint directory.*exists and is not empty.*:UserWarning"),
+    # Lightning distrusts any IterableDataset with __len__; a balanced pipeline's is exact.
+    pytest.mark.filterwarnings("ignore:Your `IterableDataset` has `__len__` defined:UserWarning"),
 ]
 
 
