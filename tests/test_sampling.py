@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader
 import torchseq as ts
 from torchseq.errors import ConfigError, DataError
 from torchseq.meter import pipeline_counters
+from torchseq.records import normalize
+from torchseq.sampling import SamplePairs
 
 
 def set_rows(n: int = 60) -> list[dict[str, Any]]:
@@ -63,9 +65,10 @@ def test_draws_do_not_depend_on_workers_or_order(set_spec: list[str]) -> None:
     assert single == workers
 
 
-def test_set_pairs_are_uniform(tmp_path: Path) -> None:
-    spec = [write_jsonl(tmp_path / "one.jsonl", [{"set": ["a", "b", "c"], "guid": 0}])]
-    counts = Counter((d[0]["anchor"], d[0]["positive"]) for d in (draws(spec, e) for e in range(1200)))
+def test_set_pairs_are_uniform() -> None:
+    stage = SamplePairs()
+    record = normalize({"set": ["a", "b", "c"], "guid": 0})
+    counts = Counter((d["anchor"], d["positive"]) for d in (stage.draw(record, e) for e in range(1200)))
     assert len(counts) == 6
     assert all(150 <= c <= 250 for c in counts.values()), counts  # expected 200 each
 
