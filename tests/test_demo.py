@@ -24,3 +24,12 @@ def test_cli_help(subprocess_env: dict[str, str]) -> None:
     result = subprocess.run([sys.executable, "-m", "torchseq", "demo", "--help"], capture_output=True, text=True,
                             timeout=60, env=subprocess_env)
     assert result.returncode == 0 and "bundled sample" in result.stdout
+
+
+def test_quickstart_example(subprocess_env: dict[str, str]) -> None:
+    from conftest import REPO
+
+    result = subprocess.run([sys.executable, str(REPO / "examples" / "quickstart.py"), "--epochs", "2"],
+                            env=subprocess_env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["epoch 0: 4000 pairs", "epoch 1: 4000 pairs"]

@@ -2,14 +2,16 @@
 
 Each stage yields lists of records. Lengths are token counts from
 ``record["tokens"]`` (so batching by length comes after ``tokenize``).
+Each stage takes ``unique=`` for duplicate-free batches (:mod:`torchseq.unique`).
 """
 
 from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torchseq.context import Context, derive_seed
@@ -17,6 +19,7 @@ from torchseq.errors import ConfigError
 from torchseq.records import Record
 from torchseq.shuffle import restore_rng
 from torchseq.state import Slot, decode_records, encode_records
+from torchseq.unique import NEW, Limit, Unique, UniquePacker, planned_batches
 
 
 def _check_positive(stage: str, name: str, value: int) -> None:
@@ -39,6 +42,17 @@ def column_lengths(record: Record) -> tuple[int, ...]:
         else:
             lengths.append(len(ids))
     return tuple(lengths)
+
+
+def length_ranking(records: list[Record]) -> list[int]:
+    """Indices of ``records`` in the order a pooled batcher cuts them."""
+    lengths = [column_lengths(r) for r in records]
+    # Sort by the column holding most tokens first (the long side of the
+    # pairs), then the others: that column dominates the padding.
+    totals = [sum(column) for column in zip(*lengths, strict=True)]
+    order = sorted(range(len(totals)), key=totals.__getitem__, reverse=True)
+    keys = [tuple(row[i] for i in order) for row in lengths]
+    return sorted(range(len(records)), key=keys.__getitem__)
 
 
 def padded_tokens(records: list[Record]) -> int:
@@ -67,16 +81,26 @@ def real_tokens(records: list[Record]) -> int:
 class Batch:
     """Consecutive groups of ``batch_size`` elements.
 
-    State: ``partial`` (the batch being filled).
+    State: ``partial`` (the batch being filled); with ``unique``, ``unique``
+    (see :class:`~torchseq.unique.UniquePacker`) instead.
     """
 
     batch_size: int
     drop_last: bool = False
+    unique: Unique | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_positive("batch", "batch_size", self.batch_size)
 
+    def balance_quantum(self) -> tuple[int, bool]:
+        return self.batch_size, self.drop_last
+
     def __call__(self, upstream: Iterator[Any], ctx: Context, slot: Slot) -> Iterator[list[Any]]:
+        if self.unique is not None:
+            packer = UniquePacker(self.unique, FixedSize(self.batch_size), slot.resume.get("unique"),
+                                  planned_batches(ctx))
+            slot.snapshot = lambda: {"unique": packer.snapshot()}
+            return _unique_stream(upstream, packer, self.drop_last)
         partial: list[Any] = decode_records(slot.resume.get("partial", []))
         live = [partial]
         slot.snapshot = lambda: {"partial": encode_records(live[0])}
@@ -98,11 +122,12 @@ class _PooledBatcher:
     """Shared machinery: fill a pool, sort it by length, cut it, shuffle the cuts.
 
     State: ``pool`` (records collected), ``ready`` (batches cut, not yet
-    yielded), ``rng``.
+    yielded), ``rng``; with ``unique`` also ``unique`` (records held back).
     """
 
     seed: int
     shuffle_batches: bool
+    unique: Unique | None
 
     @property
     def pool_limit(self) -> int:
@@ -112,6 +137,14 @@ class _PooledBatcher:
     def cut(self, records: list[Record], final: bool) -> list[list[Record]]:
         raise NotImplementedError  # abstract
 
+    def limit(self) -> Limit:
+        """The batch-size rule as an incremental :class:`~torchseq.unique.Limit`."""
+        raise NotImplementedError  # abstract
+
+    def pooling(self, ctx: Context) -> tuple[int, int | None]:
+        """``(pool size, records per batch to cut pools into, or None to cut freely)``."""
+        return self.pool_limit, None
+
     def __call__(self, upstream: Iterator[Record], ctx: Context, slot: Slot) -> Iterator[list[Record]]:
         rng = random.Random(derive_seed(type(self).__name__, self.seed, ctx.epoch, ctx.rank, ctx.worker))
         if "rng" in slot.resume:
@@ -119,18 +152,37 @@ class _PooledBatcher:
         live: dict[str, Any] = {
             "pool": decode_records(slot.resume.get("pool", [])),
             "ready": [decode_records(b) for b in slot.resume.get("ready", [])],
+            "packer": None,
         }
-        slot.snapshot = lambda: {
-            "pool": encode_records(live["pool"]),
-            "ready": [encode_records(b) for b in live["ready"]],
-            "rng": rng.getstate(),
-        }
-        return self._batches(upstream, live, rng)
+        pool_size, per_batch = self.pooling(ctx)
+        if self.unique is not None:
+            # Under DDP the batch count is planned: keep the plan's batch size
+            # (any per_batch records fit the budget) and its number of batches.
+            limit = FixedSize(per_batch) if per_batch is not None else self.limit()
+            live["packer"] = UniquePacker(self.unique, limit, slot.resume.get("unique"), planned_batches(ctx))
 
-    def _release(self, live: dict[str, Any], rng: random.Random, final: bool) -> None:
+        def snapshot() -> dict[str, Any]:
+            state = {
+                "pool": encode_records(live["pool"]),
+                "ready": [encode_records(b) for b in live["ready"]],
+                "rng": rng.getstate(),
+            }
+            if live["packer"] is not None:
+                state["unique"] = live["packer"].snapshot()
+            return state
+
+        slot.snapshot = snapshot
+        return self._batches(upstream, live, rng, pool_size, per_batch)
+
+    def _release(self, live: dict[str, Any], rng: random.Random, final: bool, per_batch: int | None) -> None:
         pool = live["pool"]
         live["pool"] = []
-        batches = self.cut(self._order(pool), final)
+        if live["packer"] is not None:
+            batches = _unique_cut(live["packer"], pool, final, getattr(self, "drop_last", False))
+        else:
+            batches = self.cut(self._order(pool), final)
+            if per_batch is not None:
+                batches = fit_count(batches, -(-len(pool) // per_batch))
         if self.shuffle_batches:
             rng.shuffle(batches)
         live["ready"] = batches
@@ -167,20 +219,26 @@ class _PooledBatcher:
             start += step
         return out
 
-    def _batches(self, upstream: Iterator[Record], live: dict[str, Any], rng: random.Random) -> Iterator[list[Record]]:
-        limit = self.pool_limit
+    def _batches(
+        self,
+        upstream: Iterator[Record],
+        live: dict[str, Any],
+        rng: random.Random,
+        pool_size: int,
+        per_batch: int | None,
+    ) -> Iterator[list[Record]]:
         ready = live["ready"]
         while ready:
             yield ready.pop()
         for record in upstream:
             live["pool"].append(record)
-            if len(live["pool"]) >= limit:
-                self._release(live, rng, final=False)
+            if len(live["pool"]) >= pool_size:
+                self._release(live, rng, False, per_batch)
                 ready = live["ready"]
                 while ready:
                     yield ready.pop()
-        if live["pool"]:
-            self._release(live, rng, final=True)
+        if live["pool"] or (live["packer"] is not None and live["packer"].holding):
+            self._release(live, rng, True, per_batch)
             ready = live["ready"]
             while ready:
                 yield ready.pop()
@@ -201,6 +259,7 @@ class BucketBatch(_PooledBatcher):
     seed: int = 0
     drop_last: bool = False
     shuffle_batches: bool = True
+    unique: Unique | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_positive("bucket", "batch_size", self.batch_size)
@@ -210,12 +269,19 @@ class BucketBatch(_PooledBatcher):
     def pool_limit(self) -> int:
         return self.batch_size * self.pool_batches
 
+    def balance_quantum(self) -> tuple[int, bool]:
+        # A pool is a whole number of batches, so n records make ceil(n / batch_size) batches.
+        return self.batch_size, self.drop_last
+
     def cut(self, records: list[Record], final: bool) -> list[list[Record]]:
         size = self.batch_size
         batches = [records[i : i + size] for i in range(0, len(records), size)]
         if batches and len(batches[-1]) < size and self.drop_last:
             batches.pop()
         return batches
+
+    def limit(self) -> Limit:
+        return FixedSize(self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -226,6 +292,16 @@ class TokenBudgetBatch(_PooledBatcher):
     while ``padded_tokens(batch) <= max_tokens``. A record that alone exceeds
     the budget forms its own batch.
 
+    Under DDP (equal batches per rank, :mod:`torchseq.balance`) the number of
+    batches must follow from record counts alone, so it is planned for the
+    worst case. ``max_record_tokens`` bounds one record's padded width summed
+    over the columns (each text truncated to ``max_length``), so any
+    ``m = max_tokens // max_record_tokens`` records fit the budget. Pools
+    are rounded up to a multiple of ``m`` and each pool of ``n`` records is
+    cut into exactly ``ceil(n / m)`` batches: the greedy cut never needs
+    more, and the largest batches are halved until the count is reached, so
+    every batch stays within ``max_tokens`` while records respect the bound.
+
     State: ``pool``, ``ready``, ``rng``.
     """
 
@@ -234,11 +310,15 @@ class TokenBudgetBatch(_PooledBatcher):
     max_batch_size: int | None = None
     seed: int = 0
     shuffle_batches: bool = True
+    max_record_tokens: int | None = None
+    unique: Unique | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_positive("batch_by_tokens", "max_tokens", self.max_tokens)
         if self.pool_size is not None:
             _check_positive("batch_by_tokens", "pool_size", self.pool_size)
+        if self.max_record_tokens is not None:
+            _check_positive("batch_by_tokens", "max_record_tokens", self.max_record_tokens)
 
     @property
     def pool_limit(self) -> int:
@@ -266,23 +346,71 @@ class TokenBudgetBatch(_PooledBatcher):
         ranked = sorted(range(len(pool)), key=keys.__getitem__)
         return [pool[i] for i in ranked]
 
+    def balance_quantum(self) -> tuple[int, bool]:
+        if self.max_record_tokens is None:
+            raise ConfigError(
+                "batch_by_tokens: equal batches per rank need a bound on one record's tokens; "
+                "put .tokenize(max_length=...) before .batch_by_tokens() or pass "
+                "max_record_tokens=..., or turn balancing off with .balance('off')"
+            )
+        per_batch = max(1, self.max_tokens // self.max_record_tokens)
+        if self.max_batch_size is not None:
+            per_batch = min(per_batch, self.max_batch_size)
+        return per_batch, False
+
+    def pooling(self, ctx: Context) -> tuple[int, int | None]:
+        if ctx.share is None or not ctx.share.guard:  # one rank: nothing to keep in step
+            return self.pool_limit, None
+        per_batch = self.balance_quantum()[0]
+        return -(-self.pool_limit // per_batch) * per_batch, per_batch
+
     def cut(self, records: list[Record], final: bool) -> list[list[Record]]:
+        budget = self.limit()
         batches: list[list[Record]] = []
         current: list[Record] = []
-        widths: list[int] = []
         for record in records:
-            lengths = _cost_columns(record)
-            new_widths = [max(a, b) for a, b in zip(widths, lengths, strict=True)] if widths else list(lengths)
-            cost = (len(current) + 1) * sum(new_widths)
-            full = self.max_batch_size is not None and len(current) >= self.max_batch_size
-            if current and (cost > self.max_tokens or full):
+            if current and not budget.fits(record):
                 batches.append(current)
-                current, new_widths = [], list(lengths)
+                current = []
+                budget.reset()
             current.append(record)
-            widths = new_widths
+            budget.add(record)
         if current:
             batches.append(current)
         return batches
+
+    def limit(self) -> Limit:
+        return TokenBudget(self.max_tokens, self.max_batch_size)
+
+
+def fit_count(batches: list[list[Record]], count: int) -> list[list[Record]]:
+    """Split length-sorted batches (largest padded size first) until there are ``count``.
+
+    Halving keeps each part within the budget of the whole. Only when a record
+    broke the ``max_record_tokens`` bound can there be too many batches; then
+    the smallest neighbours are merged, past the budget, and a
+    :class:`~torchseq.balance.BalanceWarning` says so.
+    """
+    costs = [padded_tokens(b) for b in batches]
+    while len(batches) < count:
+        i = max((j for j in range(len(batches)) if len(batches[j]) > 1), key=costs.__getitem__)
+        half = len(batches[i]) // 2
+        batches[i : i + 1] = [batches[i][:half], batches[i][half:]]
+        costs[i : i + 1] = [padded_tokens(batches[i]), padded_tokens(batches[i + 1])]
+    if len(batches) > count:
+        from torchseq.guard import BalanceWarning
+
+        warnings.warn(
+            f"batch_by_tokens: a pool needed {len(batches)} batches where {count} were planned "
+            "(a record exceeded max_record_tokens); merged some past max_tokens to keep "
+            "ranks in step; raise max_record_tokens",
+            BalanceWarning,
+            stacklevel=2,
+        )
+        while len(batches) > count:
+            j = min(range(len(batches) - 1), key=lambda k: len(batches[k]) + len(batches[k + 1]))
+            batches[j : j + 2] = [batches[j] + batches[j + 1]]
+    return batches
 
 
 def _dominant_first(lengths: list[tuple[int, ...]]) -> list[int]:
@@ -307,3 +435,90 @@ def _cost_columns(record: Record) -> tuple[int, ...]:
         else:
             out.append(len(ids))
     return tuple(out)
+
+
+# ---------------------------------------------------------------- batch-size rules
+class FixedSize:
+    """At most ``size`` records per batch."""
+
+    __slots__ = ("size", "count")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.count = 0
+
+    def fits(self, record: Record) -> bool:
+        return self.count < self.size
+
+    def add(self, record: Record) -> None:
+        self.count += 1
+
+    def full(self) -> bool:
+        return self.count >= self.size
+
+    def reset(self) -> None:
+        self.count = 0
+
+
+class TokenBudget:
+    """The ``batch_by_tokens`` rule: a record joins while the padded cost stays within ``max_tokens``.
+
+    Cost is (records + 1) x the sum of per-column widths (negatives counted
+    once per negative); a record that alone exceeds the budget forms its own
+    batch; ``max_batch_size`` caps the count.
+    """
+
+    __slots__ = ("max_tokens", "max_batch_size", "count", "widths")
+
+    def __init__(self, max_tokens: int, max_batch_size: int | None) -> None:
+        self.max_tokens = max_tokens
+        self.max_batch_size = max_batch_size
+        self.count = 0
+        self.widths: tuple[int, ...] = ()
+
+    def fits(self, record: Record) -> bool:
+        if not self.count:
+            return True
+        if self.max_batch_size is not None and self.count >= self.max_batch_size:
+            return False
+        widths = [max(a, b) for a, b in zip(self.widths, _cost_columns(record), strict=True)]
+        return (self.count + 1) * sum(widths) <= self.max_tokens
+
+    def add(self, record: Record) -> None:
+        lengths = _cost_columns(record)
+        if self.count:
+            lengths = tuple(max(a, b) for a, b in zip(self.widths, lengths, strict=True))
+        self.widths = lengths
+        self.count += 1
+
+    def full(self) -> bool:
+        return self.max_batch_size is not None and self.count >= self.max_batch_size
+
+    def reset(self) -> None:
+        self.count = 0
+        self.widths = ()
+
+
+# ---------------------------------------------------------------- duplicate-free batching
+def _unique_stream(upstream: Iterator[Any], packer: UniquePacker, drop_last: bool) -> Iterator[list[Any]]:
+    """``Batch`` with ``unique``: records in arrival order, batches as they complete."""
+    for item in upstream:
+        packer.push(item)
+        yield from packer.drain()
+    packer.finish(drop_last)
+    yield from packer.drain()
+
+
+def _unique_cut(packer: UniquePacker, pool: list[Record], final: bool, drop_last: bool) -> list[list[Record]]:
+    """Pooled batchers with ``unique``: what the packer still holds joins the pool, sorted by length.
+
+    The partial batch and deferred records of the previous pool are sorted in
+    with the new one, so they land among records of similar length.
+    """
+    items = packer.take_back() + [(record, NEW) for record in pool]
+    for index in length_ranking([record for record, _ in items]):
+        packer.push(*items[index])
+    if final:
+        packer.finish(drop_last)
+    batches, packer.ready = packer.ready, []
+    return batches

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 # command name -> module under torchseq.cli
 COMMANDS = {
     "demo": "torchseq.cli.demo",
+    "index": "torchseq.cli.index",
     "pretokenize": "torchseq.cli.pretokenize",
 }
 

@@ -15,7 +15,7 @@ from typing import Any
 from torchseq.context import Context
 from torchseq.errors import DataError, ErrorPolicy, OnError, TorchseqError
 from torchseq.records import Record, RecordFormatError
-from torchseq.sharding import assign_shards
+from torchseq.sharding import Assignment, assignment_for
 from torchseq.sources.spec import ShardSpec, expand_spec
 from torchseq.state import Slot, check_field
 
@@ -46,9 +46,11 @@ def decode_json(raw: bytes) -> Any:
 class ShardSource:
     """Base of the file sources. Subclasses implement ``items`` and ``decode``.
 
-    State: ``shard`` (position in this worker's shard list), ``index`` (items
-    consumed in that shard), ``counter`` (items seen across shards, for the
-    record-level split), ``num_shards``.
+    State: ``shard`` (position in this worker's list of shard ranges),
+    ``index`` (position reached in that shard, as :meth:`items` counts),
+    ``ordinal`` (items read from that shard, for ranges that start or end
+    inside it), ``counter`` (items kept across shards, for the record-level
+    split), ``num_shards``.
     """
 
     spec: ShardSpec
@@ -81,10 +83,16 @@ class ShardSource:
         resume = slot.resume
         if resume:
             check_field("num_shards", resume.get("num_shards"), len(shards))
-        plan = assign_shards(len(shards), ctx, self.shuffle_seed)
+        plan = assignment_for(len(shards), ctx, self.shuffle_seed)
         policy = ErrorPolicy(self.on_error)
-        # [position in plan, items consumed in that shard, items seen overall]
-        cursor = [resume.get("shard", 0), resume.get("index", 0), resume.get("counter", 0)]
+        # [position in plan, index reached in that shard, items kept overall,
+        #  items read in that shard]
+        cursor = [
+            resume.get("shard", 0),
+            resume.get("index", 0),
+            resume.get("counter", 0),
+            resume.get("ordinal", 0),
+        ]
         num_shards = len(shards)
 
         def snapshot() -> dict[str, Any]:
@@ -92,28 +100,31 @@ class ShardSource:
                 "shard": cursor[0],
                 "index": cursor[1],
                 "counter": cursor[2],
+                "ordinal": cursor[3],
                 "num_shards": num_shards,
                 "skipped": dict(policy.counts),
             }
 
         slot.snapshot = snapshot
-        return self._records(shards, plan.shards, plan.stride, plan.offset, cursor, policy)
+        return self._records(shards, plan, cursor, policy)
 
     def _records(
-        self,
-        shards: list[str],
-        order: tuple[int, ...],
-        stride: int,
-        offset: int,
-        cursor: list[int],
-        policy: ErrorPolicy,
+        self, shards: list[str], plan: Assignment, cursor: list[int], policy: ErrorPolicy
     ) -> Iterator[Record]:
         decode = self.decode
-        while cursor[0] < len(order):
-            path = shards[order[cursor[0]]]
+        stride, offset, ranges = plan.stride, plan.offset, plan.ranges
+        while cursor[0] < len(ranges):
+            shard, start, end = ranges[cursor[0]]
+            path = shards[shard]
             for index, item in self.items(path, cursor[1], policy):
-                seen = cursor[2]
+                ordinal = cursor[3]
+                if end is not None and ordinal >= end:
+                    break  # a balanced share may end inside a shard
                 cursor[1] = index
+                cursor[3] = ordinal + 1
+                if ordinal < start:
+                    continue  # ... or begin inside one
+                seen = cursor[2]
                 cursor[2] = seen + 1
                 if seen % stride != offset:
                     continue
@@ -129,3 +140,4 @@ class ShardSource:
                 yield record
             cursor[0] += 1
             cursor[1] = 0
+            cursor[3] = 0
