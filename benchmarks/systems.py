@@ -65,8 +65,9 @@ def iter_pairs(shards: list[str]) -> Iterator[Pair]:
 def make_torchseq(shards: list[str], num_workers: int) -> Iterable[Any]:
     import torchseq as ts
 
-    # Fixed batches of 64, like the peers (bucket() is measured in padding.py).
-    pipe = ts.read_jsonl(shards).tokenize(TOKENIZER, max_length=MAX_LENGTH).batch(BATCH_SIZE).collate()
+    # The recommended pipeline: length-bucketed batches of 64 (padding 0.92
+    # instead of the peers' ~0.52), at the cost of filling a pool first.
+    pipe = ts.read_jsonl(shards).tokenize(TOKENIZER, max_length=MAX_LENGTH).bucket(BATCH_SIZE).collate()
     return DataLoader(pipe, batch_size=None, num_workers=num_workers)
 
 
@@ -78,7 +79,7 @@ def make_torchseq_pretokenized(shards: list[str], num_workers: int) -> Iterable[
     assert listed is not None
     names = {s.rsplit("/", 1)[-1].split(".")[0].removeprefix("train-") for s in shards}
     chosen = [p for p in listed if p.rsplit("/", 1)[-1].split(".")[0].removeprefix("shard-") in names]
-    pipe = ts.read_webdataset(chosen).batch(BATCH_SIZE).collate()
+    pipe = ts.read_webdataset(chosen).bucket(BATCH_SIZE).collate()
     return DataLoader(pipe, batch_size=None, num_workers=num_workers)
 
 
