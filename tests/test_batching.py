@@ -73,8 +73,7 @@ def _records(lengths: list[tuple[int, int]]) -> list[dict[str, Any]]:
 )
 def test_pool_order_is_a_permutation(lengths: list[tuple[int, int]], stage: Any) -> None:
     records = _records(lengths)
-    ordered = stage._order(list(records))
-    assert sorted(r["i"] for r in ordered) == list(range(len(records)))
+    assert sorted(stage._ranking(records)) == list(range(len(records)))
 
 
 def test_windows_sort_the_short_column_among_similar_long_ones() -> None:
@@ -82,7 +81,8 @@ def test_windows_sort_the_short_column_among_similar_long_ones() -> None:
     # short sides, which a sort by the long column alone would leave random.
     lengths = [(1 + (i * 7) % 30, 100 + i % 3) for i in range(256)]
     stage = BucketBatch(32, pool_batches=8)
-    batches = stage.cut(stage._order(_records(lengths)), True)
+    records = _records(lengths)
+    batches = stage.cut([records[i] for i in stage._ranking(records)], True)
     by_long_only = BucketBatch(32).cut(
         sorted(_records(lengths), key=lambda r: len(r["tokens"]["positive"])), True
     )
