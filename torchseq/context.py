@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torchseq.errors import ConfigError
+from torchseq.stats import NULL_STATS, StatsSink
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class Context:
         num_workers: DataLoader workers per rank (1 without workers).
         epoch: the epoch being produced.
         seed: the pipeline seed.
+        stats: where stages register their counters (see :mod:`torchseq.stats`);
+            a sink that ignores them unless a pipeline is iterating.
     """
 
     rank: int = 0
@@ -44,6 +47,7 @@ class Context:
     num_workers: int = 1
     epoch: int = 0
     seed: int = 0
+    stats: StatsSink = field(default=NULL_STATS, compare=False, repr=False)
 
     @property
     def global_worker(self) -> int:
