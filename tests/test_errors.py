@@ -143,7 +143,7 @@ def case_invalid_utf8(tmp: Path) -> Case:
 
 def case_unknown_record_format(tmp: Path) -> Case:
     return _line_case(tmp, b'{"question": "q", "answer": "a"}', "unknown record format",
-                      "fields=", "unknown format")
+                      "fields=", "unknown record format")
 
 
 def case_huge_line(tmp: Path) -> Case:
@@ -181,7 +181,7 @@ def case_tar_given_to_jsonl(tmp: Path) -> Case:
     good = _good(tmp, "good.jsonl.gz", range(0, 40))
     return Case(ts.read_jsonl, [good, tar], list(range(40)), UnknownFormatError, tar,
                 "is a tar archive, not JSON Lines", "read it with read_webdataset",
-                {"unknown format": 1})
+                {"unknown shard format": 1})
 
 
 def case_parquet_given_to_jsonl(tmp: Path) -> Case:
@@ -189,7 +189,7 @@ def case_parquet_given_to_jsonl(tmp: Path) -> Case:
     fake.write_bytes(b"PAR1" + bytes(200) + b"PAR1")
     good = _good(tmp, "good.jsonl.gz", range(0, 40))
     return Case(ts.read_jsonl, [good, str(fake)], list(range(40)), UnknownFormatError, str(fake),
-                "is a Parquet file", "convert it", {"unknown format": 1})
+                "is a Parquet file", "convert it", {"unknown shard format": 1})
 
 
 # ------------------------------------------------------------------ tar cases
@@ -278,7 +278,7 @@ def case_jsonl_given_to_webdataset(tmp: Path) -> Case:
     good = write_good_tar(tmp / "good.tar", range(0, 30))
     jsonl = _good(tmp, "pairs.jsonl.gz", range(100, 110))
     return Case(ts.read_webdataset, [good, jsonl], list(range(30)), UnknownFormatError, jsonl,
-                "looks like JSON Lines", "read it with read_jsonl", {"unknown format": 1})
+                "looks like JSON Lines", "read it with read_jsonl", {"unknown shard format": 1})
 
 
 def case_garbage_tar(tmp: Path) -> Case:
@@ -286,7 +286,7 @@ def case_garbage_tar(tmp: Path) -> Case:
     junk = tmp / "junk.tar"
     junk.write_bytes(random.Random(1).randbytes(3000))
     return Case(ts.read_webdataset, [str(junk), good], list(range(30)), UnknownFormatError,
-                str(junk), "is not a tar archive", "WebDataset .tar shards", {"unknown format": 1})
+                str(junk), "is not a tar archive", "WebDataset .tar shards", {"unknown shard format": 1})
 
 
 CASES = {name.removeprefix("case_"): fn for name, fn in dict(globals()).items() if name.startswith("case_")}

@@ -307,7 +307,8 @@ class WebDatasetSource(ShardSource):
                 record = normalize(merged, self.fields)
         else:
             record = normalize(obj, self.fields)
-            record.update(extra)
+            if extra:  # field members may replace texts: check the result again
+                record = normalize({**record, **extra})
         if tokens:
             record["tokens"] = tokens
         record.setdefault("__key__", key)
