@@ -11,6 +11,8 @@ from collections.abc import Sequence
 # command name -> module under torchseq.cli
 COMMANDS = {
     "demo": "torchseq.cli.demo",
+    "inspect": "torchseq.cli.inspect",
+    "convert": "torchseq.cli.convert",
 }
 
 
