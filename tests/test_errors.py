@@ -39,7 +39,6 @@ from torchseq.errors import (
     CorruptShardError,
     DataError,
     DataWarning,
-    EmptyShardError,
     ShardNotFoundError,
     TooManyErrorsError,
     TorchseqError,
@@ -100,7 +99,7 @@ def case_garbage_shard(tmp: Path) -> Case:
     bad.write_bytes(random.Random(0).randbytes(5000))
     good = _good(tmp, "good.jsonl.gz", range(0, 40))
     return Case(ts.read_jsonl, [good, str(bad)], list(range(40)), CorruptShardError, str(bad),
-                "the suffix says gzip", "corrupt or misnamed", {"corrupt shard": 1})
+                "corrupt compressed stream: the suffix says gzip", "corrupt or misnamed", {"corrupt shard": 1})
 
 
 def case_garbage_line(tmp: Path) -> Case:
@@ -160,20 +159,12 @@ def case_missing_file(tmp: Path) -> Case:
                 "shard not found", "check the path", {"missing shard": 1})
 
 
-def case_zero_byte_shard(tmp: Path) -> Case:
-    empty = tmp / "empty.jsonl"
+def case_zero_byte_gzip_shard(tmp: Path) -> Case:
+    empty = tmp / "empty.jsonl.gz"
     empty.write_bytes(b"")
     good = _good(tmp, "good.jsonl.gz", range(0, 40))
-    return Case(ts.read_jsonl, [str(empty), good], list(range(40)), EmptyShardError, str(empty),
-                "holds no records", "remove it from the spec", {"empty shard": 1})
-
-
-def case_blank_gzip_shard(tmp: Path) -> Case:
-    empty = tmp / "blank.jsonl.gz"
-    empty.write_bytes(gzip_bytes(b"\n\n  \n"))
-    good = _good(tmp, "good.jsonl.gz", range(0, 40))
-    return Case(ts.read_jsonl, [good, str(empty)], list(range(40)), EmptyShardError, str(empty),
-                "holds no records", "remove it from the spec", {"empty shard": 1})
+    return Case(ts.read_jsonl, [str(empty), good], list(range(40)), CorruptShardError, str(empty),
+                "empty file (0 bytes)", "truncated: re-write or re-download", {"corrupt shard": 1})
 
 
 def case_tar_given_to_jsonl(tmp: Path) -> Case:
@@ -268,10 +259,12 @@ def case_tar_huge_sample(tmp: Path) -> Case:
                 {"record too large": 1}, {"max_record_bytes": 4096})
 
 
-def case_tar_zero_samples(tmp: Path) -> Case:
-    good, bad = _tars(tmp, [])
-    return Case(ts.read_webdataset, [bad, good], list(range(30)), EmptyShardError, bad,
-                "holds no samples", "remove it from the spec", {"empty shard": 1})
+def case_zero_byte_tar(tmp: Path) -> Case:
+    good = write_good_tar(tmp / "good.tar", range(0, 30))
+    bad = tmp / "bad.tar"
+    bad.write_bytes(b"")
+    return Case(ts.read_webdataset, [str(bad), good], list(range(30)), CorruptShardError, str(bad),
+                "empty file (0 bytes)", "truncated: re-write or re-download", {"corrupt shard": 1})
 
 
 def case_jsonl_given_to_webdataset(tmp: Path) -> Case:
@@ -343,6 +336,26 @@ def test_bad_input_matrix(name: str, num_workers: int, tmp_path: Path) -> None:
     assert stats.records == len(case.expected)
     assert Counter(e.reason for e in stats.errors) == Counter(case.reasons)
     assert all(e.place == case.place for e in stats.errors)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_zero_record_shards_are_valid_and_counted(num_workers: int, tmp_path: Path) -> None:
+    """A well-formed shard without records (gzip of nothing, blank lines, a tar with no samples)
+    is not an error in any mode -- writers legitimately produce them -- but stats() counts it."""
+    blank = tmp_path / "blank.jsonl.gz"
+    blank.write_bytes(gzip_bytes(b"\n\n  \n"))
+    nothing = tmp_path / "nothing.jsonl"
+    nothing.write_bytes(b"")
+    good = _good(tmp_path, "good.jsonl.gz", range(0, 40))
+    for on_error in ("raise", "skip"):
+        pipe = ts.read_jsonl([str(blank), good, str(nothing)], on_error=on_error)
+        assert sorted(run(pipe, num_workers)) == list(range(40))
+        assert pipe.stats().empty_shards == 2 and pipe.stats().skipped == {}
+    empty_tar = write_tar(tmp_path / "empty.tar", [])
+    tars = [empty_tar, write_good_tar(tmp_path / "good.tar", range(30))]
+    pipe = ts.read_webdataset(tars)
+    assert sorted(run(pipe, num_workers)) == list(range(30))
+    assert pipe.stats().empty_shards == 1
 
 
 @pytest.mark.parametrize("spec", [[], ()])

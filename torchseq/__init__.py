@@ -11,11 +11,13 @@ from torchseq.errors import (
     TorchseqError,
     UnsafeContentError,
 )
+from torchseq.guard import BalanceWarning
 from torchseq.pipeline import Pipeline, read_jsonl, read_webdataset
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BalanceWarning",
     "ConfigError",
     "Context",
     "DataError",

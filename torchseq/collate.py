@@ -40,7 +40,7 @@ def pad_sequences(
     if pad_to_multiple_of and width % pad_to_multiple_of:
         width += pad_to_multiple_of - width % pad_to_multiple_of
     ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
-    for row, (seq, n) in enumerate(zip(sequences, lengths)):
+    for row, (seq, n) in enumerate(zip(sequences, lengths, strict=True)):
         ids[row, :n] = seq
     mask = (np.arange(width) < lengths[:, None]).astype(np.int64)
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}

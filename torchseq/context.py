@@ -9,9 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from torchseq.errors import ConfigError
 from torchseq.stats import NULL_STATS, StatsSink
+
+if TYPE_CHECKING:
+    from torchseq.balance import Share
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class Context:
         num_workers: DataLoader workers per rank (1 without workers).
         epoch: the epoch being produced.
         seed: the pipeline seed.
+        share: this worker's part of a balanced epoch (records to read,
+            batches to yield); ``None`` when the pipeline is not balanced.
         stats: where stages register their counters (see :mod:`torchseq.stats`);
             a sink that ignores them unless a pipeline is iterating.
     """
@@ -47,7 +53,14 @@ class Context:
     num_workers: int = 1
     epoch: int = 0
     seed: int = 0
+    share: Share | None = None
     stats: StatsSink = field(default=NULL_STATS, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"invalid topology: rank {self.rank} of world size {self.world_size}")
+        if self.num_workers < 1 or not 0 <= self.worker < self.num_workers:
+            raise ConfigError(f"invalid worker: {self.worker} of {self.num_workers}")
 
     @property
     def global_worker(self) -> int:
@@ -57,6 +70,10 @@ class Context:
     @property
     def num_global_workers(self) -> int:
         return self.world_size * self.num_workers
+
+    def where(self) -> str:
+        """``rank R worker W epoch E``: the place prefix of messages about this run."""
+        return f"rank {self.rank} worker {self.worker} epoch {self.epoch}"
 
 
 def detect_topology() -> Topology:

@@ -62,12 +62,6 @@ class CorruptShardError(DataError):
     reason = "corrupt shard"
 
 
-class EmptyShardError(DataError):
-    """A shard holds no records at all."""
-
-    reason = "empty shard"
-
-
 class UnknownFormatError(DataError):
     """A shard is not in a format the reader understands (e.g. a tar given to ``read_jsonl``)."""
 

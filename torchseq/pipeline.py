@@ -14,10 +14,12 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from torchseq.balance import EpochPlan, batches_per_rank, check_policy, plan_epoch
 from torchseq.batching import Batch, BucketBatch, TokenBudgetBatch
 from torchseq.collate import Collate
 from torchseq.context import Context, Topology, detect_topology
 from torchseq.errors import ConfigError, StateError
+from torchseq.guard import StepGuard
 from torchseq.records import TEXT_FIELDS
 from torchseq.shuffle import BufferShuffle
 from torchseq.sources import JsonlSource, ShardSource, ShardSpec, WebDatasetSource
@@ -28,7 +30,7 @@ from torchseq.stats import PipelineStats, StatsTable
 from torchseq.tokenize import Tokenize, tokenizer_spec
 from torchseq.transform import Filter, Map
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class Source(Protocol):
@@ -42,11 +44,12 @@ class Stage(Protocol):
 class _Run:
     """The live part of one iteration in one process: its context and stage slots."""
 
-    __slots__ = ("ctx", "slots")
+    __slots__ = ("ctx", "slots", "guard")
 
-    def __init__(self, ctx: Context, slots: list[Slot]) -> None:
+    def __init__(self, ctx: Context, slots: list[Slot], guard: Slot) -> None:
         self.ctx = ctx
         self.slots = slots
+        self.guard = guard
 
 
 def _stage_name(stage: Any) -> str:
@@ -63,6 +66,10 @@ class Pipeline(IterableDataset[Any]):
 
     Call :meth:`set_epoch` before each epoch (in the main process); it reaches
     persistent and non-persistent workers alike.
+
+    Every rank yields the same number of batches per epoch (see
+    :meth:`balance` and :mod:`torchseq.balance`); ``len(pipe)`` is that number
+    where it is known.
     """
 
     def __init__(
@@ -73,26 +80,35 @@ class Pipeline(IterableDataset[Any]):
         seed: int = 0,
         topology: Topology | None = None,
         epoch: int = 0,
+        balance: str = "partial",
     ) -> None:
         self._source = source
         self._stages = tuple(stages)
         self._seed = seed
         self._topology = topology
+        self._balance = check_policy(balance)
         # One int64 in shared memory: forked and spawned workers (persistent
         # or not) see the epoch the main process sets, when they next iterate.
-        self._epoch = torch.full((1,), epoch, dtype=torch.int64).share_memory_()
+        self._epoch = torch.full((1,), epoch, dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
         self._resume: State | None = None
         self._run: _Run | None = None
         # Shared memory as well: workers write their counters, stats() sums them.
         self._stats = StatsTable()
 
     # ----------------------------------------------------------- building
+    def _derive(self, **changes: Any) -> Pipeline:
+        settings: dict[str, Any] = {
+            "source": self._source, "stages": self._stages, "seed": self._seed,
+            "topology": self._topology, "epoch": self.epoch, "balance": self._balance,
+        }
+        settings.update(changes)
+        return Pipeline(settings.pop("source"), settings.pop("stages"), **settings)
+
     def _then(self, stage: Stage) -> Pipeline:
-        return Pipeline(self._source, (*self._stages, stage), seed=self._seed,
-                        topology=self._topology, epoch=self.epoch)
+        return self._derive(stages=(*self._stages, stage))
 
     def _with_source(self, source: Source) -> Pipeline:
-        return Pipeline(source, self._stages, seed=self._seed, topology=self._topology, epoch=self.epoch)
+        return self._derive(source=source)
 
     def shuffle(self, buffer_size: int = 10_000, seed: int = 0) -> Pipeline:
         """Shuffle the shard order and, within a rolling buffer, the records.
@@ -147,10 +163,30 @@ class Pipeline(IterableDataset[Any]):
         return self._then(BucketBatch(batch_size, pool_batches, seed, drop_last))
 
     def batch_by_tokens(
-        self, max_tokens: int, *, pool_size: int = 4096, max_batch_size: int | None = None, seed: int = 0
+        self,
+        max_tokens: int,
+        *,
+        pool_size: int = 4096,
+        max_batch_size: int | None = None,
+        seed: int = 0,
+        max_record_tokens: int | None = None,
     ) -> Pipeline:
-        """Batches whose padded token count over all text columns stays within ``max_tokens``."""
-        return self._then(TokenBudgetBatch(max_tokens, pool_size, max_batch_size, seed))
+        """Batches whose padded token count over all text columns stays within ``max_tokens``.
+
+        Args:
+            max_record_tokens: bound on one record's padded tokens summed over
+                its columns, used to plan equal batch counts per rank under
+                DDP; default ``max_length`` x the tokenized text fields other
+                than negatives (records with ``K`` negatives need
+                ``(2 + K) * max_length``).
+        """
+        if max_record_tokens is None:
+            tokenizer_stage = next((s for s in reversed(self._stages) if isinstance(s, Tokenize)), None)
+            if tokenizer_stage is not None:
+                columns = sum(1 for f in tokenizer_stage.fields if f != "negatives") or 1
+                max_record_tokens = tokenizer_stage.max_length * columns
+        return self._then(TokenBudgetBatch(max_tokens, pool_size, max_batch_size, seed,
+                                           max_record_tokens=max_record_tokens))
 
     def collate(self, pad_to_multiple_of: int | None = None, pad_id: int | None = None) -> Pipeline:
         """Pad batches into tensors (layout in :mod:`torchseq.collate`)."""
@@ -159,8 +195,32 @@ class Pipeline(IterableDataset[Any]):
 
     def with_topology(self, rank: int, world_size: int) -> Pipeline:
         """Fix rank and world size instead of detecting them (tests, custom launchers)."""
-        return Pipeline(self._source, self._stages, seed=self._seed,
-                        topology=Topology(rank, world_size), epoch=self.epoch)
+        return self._derive(topology=Topology(rank, world_size))
+
+    def balance(self, policy: str = "partial") -> Pipeline:
+        """Choose how every rank gets the same number of batches per epoch.
+
+        Ranks split each epoch's records from the per-shard record counts
+        (:mod:`torchseq.index`, counted once and cached), so all ranks yield
+        the same number of batches and DDP never waits on a rank that ran dry.
+
+        Args:
+            policy: what happens to the records that do not fill a last step
+                on every rank (``N`` records, ``W`` ranks, batch size ``B``):
+
+                * ``"partial"`` (default): every record exactly once; each
+                  rank's last batch may be short (repeats fewer than ``W``
+                  records only if fewer than ``W`` are left for that step);
+                * ``"drop"``: full batches; fewer than ``W * B`` records of
+                  the epoch are left out;
+                * ``"pad"``: full batches; fewer than ``W * B`` records are
+                  repeated from the start of the epoch;
+                * ``"wrap"``: full batches; the rest opens the next epoch,
+                  nothing is lost or repeated over a run;
+                * ``"off"``: no counts; shards are dealt to workers as they
+                  come and ranks may get different numbers of batches.
+        """
+        return self._derive(balance=check_policy(policy))
 
     # ----------------------------------------------------------- epochs
     @property
@@ -182,20 +242,39 @@ class Pipeline(IterableDataset[Any]):
         return Context(topology.rank, topology.world_size, worker, num_workers, self.epoch, self._seed)
 
     def __iter__(self) -> Iterator[Any]:
-        ctx = self.context()
+        return self.iterate(self.context())
+
+    def iterate(self, ctx: Context) -> Iterator[Any]:
+        """Run as the worker ``ctx`` describes (tests and simulations; ``iter`` uses :meth:`context`)."""
         resume, self._resume = self._resume, None
         stage_states: list[State] = [{}] * (len(self._stages) + 1)
+        guard_state: State = {}
         if resume:
             ctx = self._check_resume(resume, ctx)
             stage_states = resume["stages"]
+            guard_state = resume.get("guard") or {}
+        plan = self._epoch_plan(ctx, needed=ctx.num_global_workers > 1 or self._balance != "partial")
+        if plan is not None:
+            ctx = dataclasses.replace(ctx, share=plan.share(ctx.rank, ctx.worker, ctx.num_workers))
+        if resume:
+            self._check_plan(resume.get("plan"), ctx)
         stats = self._stats.writer(ctx.worker)
         ctx = dataclasses.replace(ctx, stats=stats)
         slots = [Slot(s) for s in stage_states]
-        self._run = _Run(ctx, slots)
-        iterator = self._source(ctx, slots[0])
-        for stage, slot in zip(self._stages, slots[1:]):
-            iterator = stage(iterator, ctx, slot)
+        guard = Slot(guard_state)
+        self._run = _Run(ctx, slots, guard)
+        iterator = self._chain(ctx, slots)
+        if ctx.share is not None and ctx.share.guard:
+            # Repeats, if ever needed, come from a fresh run of this worker's epoch.
+            restart = lambda: self._chain(ctx, [Slot() for _ in slots])  # noqa: E731
+            iterator = StepGuard()(iterator, ctx.share.num_batches, guard, restart, ctx.where())
         return stats.observe(iterator)
+
+    def _chain(self, ctx: Context, slots: list[Slot]) -> Iterator[Any]:
+        iterator = self._source(ctx, slots[0])
+        for stage, slot in zip(self._stages, slots[1:], strict=True):
+            iterator = stage(iterator, ctx, slot)
+        return iterator
 
     # ----------------------------------------------------------- statistics
     def stats(self) -> PipelineStats:
@@ -215,6 +294,24 @@ class Pipeline(IterableDataset[Any]):
         """Start counting from zero (call between epochs, while no worker iterates)."""
         self._stats.reset()
 
+    def _epoch_plan(self, ctx: Context, needed: bool = True) -> EpochPlan | None:
+        """The balance plan of ``ctx.epoch``; ``None`` when off or not ``needed``.
+
+        A single worker under ``"partial"`` reads every shard in order anyway,
+        so it skips counting: the stream is the same either way.
+        """
+        if not needed:
+            return None
+        return plan_epoch(self._source, self._stages, self._balance, ctx)
+
+    def _check_plan(self, saved: Any, ctx: Context) -> None:
+        now = _plan_state(ctx)
+        if not saved or now is None:
+            check_field("balance", saved.get("policy") if saved else None, now and now["policy"])
+            return
+        for key in ("policy", "num_records", "quantum"):
+            check_field(key, saved.get(key), now[key])
+
     def _check_resume(self, resume: State, ctx: Context) -> Context:
         check_field("version", resume.get("version"), STATE_VERSION)
         check_field("stages", resume.get("graph"), self._graph())
@@ -224,6 +321,45 @@ class Pipeline(IterableDataset[Any]):
         check_field("worker", resume.get("worker"), ctx.worker)
         check_field("seed", resume.get("seed"), ctx.seed)
         return dataclasses.replace(ctx, epoch=int(resume["epoch"]))
+
+    # ----------------------------------------------------------- length
+    def __len__(self) -> int:
+        """Batches each rank yields in the current epoch.
+
+        Known when the pipeline is balanced (the default) over shard sources:
+        from the record counts, the world size, the batch size and the policy;
+        the DataLoader's ``num_workers`` does not change it. Under DDP the step
+        guard makes it exact even when a filter drops records; in a single
+        process such a filter makes it an upper bound.
+
+        Raises:
+            TypeError: the number cannot be known (``DataLoader``, Lightning
+                and tqdm treat this as "no length").
+        """
+        return batches_per_rank(self._source, self._stages, self._balance, self.context())
+
+    def __bool__(self) -> bool:
+        return True  # never count records just to answer ``if pipe:``
+
+    def balance_report(self, world_size: int | None = None, epoch: int | None = None) -> dict[str, Any]:
+        """What balancing does to one epoch: batches per rank, records dropped or repeated.
+
+        Args:
+            world_size: ranks (default: the detected or fixed topology).
+            epoch: the epoch (default: the current one; only ``"wrap"`` varies).
+
+        Raises:
+            ConfigError: the pipeline is not balanced over shard sources.
+        """
+        ctx = self.context()
+        ctx = dataclasses.replace(
+            ctx, rank=0, world_size=world_size or ctx.world_size,
+            epoch=ctx.epoch if epoch is None else epoch,
+        )
+        plan = self._epoch_plan(ctx)
+        if plan is None:
+            raise ConfigError("balance_report: the pipeline is not balanced (policy 'off' or no shard source)")
+        return plan.report()
 
     def _graph(self) -> list[str]:
         return [_stage_name(self._source)] + [_stage_name(s) for s in self._stages]
@@ -247,7 +383,9 @@ class Pipeline(IterableDataset[Any]):
             "world_size": ctx.world_size,
             "worker": ctx.worker,
             "num_workers": ctx.num_workers,
+            "plan": _plan_state(ctx),
             "stages": [slot.snapshot() for slot in run.slots],
+            "guard": run.guard.snapshot(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -281,9 +419,17 @@ class Pipeline(IterableDataset[Any]):
         return state
 
     def __repr__(self) -> str:
-        lines = [f"Pipeline(seed={self._seed}, epoch={self.epoch})", f"  {self._source!r}"]
+        lines = [f"Pipeline(seed={self._seed}, epoch={self.epoch}, balance={self._balance!r})",
+                 f"  {self._source!r}"]
         lines += [f"  -> {stage!r}" for stage in self._stages]
         return "\n".join(lines)
+
+
+def _plan_state(ctx: Context) -> dict[str, Any] | None:
+    share = ctx.share
+    if share is None:
+        return None
+    return {"policy": share.policy, "num_records": share.epoch_records, "quantum": share.quantum}
 
 
 def _reader(cls: type[ShardSource], spec: ShardSpec, **options: Any) -> Pipeline:

@@ -19,7 +19,8 @@ numbers, or lists), read at each flush in the worker's own thread. The
 built-in providers:
 
 * sources: ``records``, ``skipped`` (by reason), ``errors`` (first skipped
-  inputs as ``[place, reason, message]``), ``sources`` (records per source);
+  inputs as ``[place, reason, message]``), ``sources`` (records per source),
+  ``empty_shards``;
 * collate: ``real_tokens``, ``padded_tokens``;
 * the pipeline itself: ``batches`` (elements the pipeline yielded) and
   ``active_seconds``.
@@ -48,7 +49,7 @@ from torchseq.errors import SkippedInput
 
 #: Rows of the table: DataLoader worker ids ``0 .. MAX_WORKERS-1`` (the main process is row 0).
 MAX_WORKERS = 32
-ROW_BYTES = 32 << 10
+ROW_BYTES = 8192
 FLUSH_SECONDS = 0.25
 _HEADER = 16  # int64 sequence number, int64 payload length
 
@@ -84,11 +85,20 @@ class StatsTable:
     def __init__(self, rows: int = MAX_WORKERS, row_bytes: int = ROW_BYTES) -> None:
         self.rows = rows
         self.row_bytes = row_bytes
-        self.tensor = torch.zeros((rows, row_bytes), dtype=torch.uint8)
-        self.tensor.share_memory_()  # type: ignore[no-untyped-call]
+        # Zeroing and copying into shared memory run in one thread: in a
+        # process forked (by multiprocessing, not DataLoader) after its parent
+        # used an OpenMP team, a parallel fill would wait forever for threads
+        # the fork did not copy. A table this small gains nothing from threads.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self.tensor = torch.zeros((rows, -(-row_bytes // 8)), dtype=torch.int64)
+            self.tensor.share_memory_()  # type: ignore[no-untyped-call]
+        finally:
+            torch.set_num_threads(threads)
 
     def _row(self, row: int) -> np.ndarray:
-        view: np.ndarray = self.tensor[row].numpy()
+        view: np.ndarray = self.tensor[row].numpy().view(np.uint8)
         return view
 
     def write(self, row: int, payload: dict[str, Any]) -> None:
@@ -123,7 +133,7 @@ class StatsTable:
 
     def reset(self) -> None:
         """Forget everything counted so far (call while no iteration is running)."""
-        self.tensor.zero_()
+        self.tensor.numpy().fill(0)
 
     def writer(self, row: int) -> StatsWriter:
         return StatsWriter(self, row)
@@ -216,8 +226,9 @@ class PipelineStats:
     Attributes:
         records: records the sources read (valid ones: what went downstream).
         skipped: skipped inputs by reason ("invalid json", "corrupt shard", ...).
-        errors: the first skipped inputs (up to 50 per worker), with place and reason.
+        errors: the first skipped inputs (up to 16 per worker), with place and reason.
         sources: records per source (``name=`` of the reader, or its spec).
+        empty_shards: shards read that held no records (valid, but worth knowing).
         batches: elements the pipeline yielded (batches, when it batches).
         real_tokens: non-padding tokens in collated batches (all columns).
         padded_tokens: all tokens in collated batches, padding included.
@@ -232,6 +243,7 @@ class PipelineStats:
     skipped: dict[str, int] = field(default_factory=dict)
     errors: list[SkippedInput] = field(default_factory=list)
     sources: dict[str, int] = field(default_factory=dict)
+    empty_shards: int = 0
     batches: int = 0
     real_tokens: int = 0
     padded_tokens: int = 0
@@ -240,8 +252,8 @@ class PipelineStats:
     workers: int = 0
     counters: dict[str, Any] = field(default_factory=dict)
 
-    _KNOWN = ("records", "skipped", "errors", "sources", "batches", "real_tokens",
-              "padded_tokens", "active_seconds", "runs")
+    _KNOWN = ("records", "skipped", "errors", "sources", "empty_shards", "batches", "real_tokens",
+              "padded_tokens", "active_seconds", "runs", "errors_truncated")
 
     @property
     def num_skipped(self) -> int:
@@ -269,6 +281,7 @@ class PipelineStats:
             skipped=dict(total.get("skipped", {})),
             errors=[SkippedInput(*e) for e in total.get("errors", [])],
             sources=dict(total.get("sources", {})),
+            empty_shards=int(total.get("empty_shards", 0)),
             batches=int(total.get("batches", 0)),
             real_tokens=int(total.get("real_tokens", 0)),
             padded_tokens=int(total.get("padded_tokens", 0)),
@@ -285,6 +298,7 @@ class PipelineStats:
             "skipped": dict(self.skipped),
             "errors": [list(e) for e in self.errors],
             "sources": dict(self.sources),
+            "empty_shards": self.empty_shards,
             "batches": self.batches,
             "real_tokens": self.real_tokens,
             "padded_tokens": self.padded_tokens,

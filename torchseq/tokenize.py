@@ -24,7 +24,7 @@ from torchseq.state import Slot, decode_records, encode_records
 
 Encoder = Callable[[list[str]], list[list[int]]]
 
-_CACHE: dict[tuple[int, Any, int], tuple[Any, "Encoder", int]] = {}
+_CACHE: dict[tuple[int, Any, int], tuple[Any, Encoder, int]] = {}
 
 
 def _lazy_tokenizers() -> Any:
@@ -176,7 +176,7 @@ class Tokenize:
                 continue
             owners = [r for r in out if name in r]
             if owners:
-                for r, seq in zip(owners, encode([r[name] for r in owners])):
+                for r, seq in zip(owners, encode([r[name] for r in owners]), strict=True):
                     r["tokens"][name] = seq
         return out
 

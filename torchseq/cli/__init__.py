@@ -11,6 +11,7 @@ from collections.abc import Sequence
 # command name -> module under torchseq.cli
 COMMANDS = {
     "demo": "torchseq.cli.demo",
+    "index": "torchseq.cli.index",
     "inspect": "torchseq.cli.inspect",
     "convert": "torchseq.cli.convert",
 }
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="torchseq", description="Streaming text-pair pipelines for PyTorch."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module_name in COMMANDS.items():
+    for module_name in COMMANDS.values():
         module = importlib.import_module(module_name)
         command = module.add_parser(sub)
         command.set_defaults(_run=module.run)

@@ -10,7 +10,7 @@ Faults come at two levels:
   :class:`~torchseq.records.RecordFormatError` (or a ``DataError``); the item
   is skipped or raised per ``on_error``;
 * a *shard* that cannot be read on (missing, not decompressible, truncated,
-  unknown format, empty, remote store failing): ``items`` raises
+  unknown format, remote store failing): ``items`` raises
   :class:`ShardFault`; the rest of that shard is lost and the loop goes on
   with the next one per ``on_error``. The items before the fault were
   delivered.
@@ -39,7 +39,7 @@ from torchseq.errors import (
     data_error,
 )
 from torchseq.records import Record, RecordFormatError, check_fields
-from torchseq.sharding import assign_shards
+from torchseq.sharding import Assignment, assignment_for
 from torchseq.sources.fs import PIPE_PREFIX, ShardOpener, check_pipe
 from torchseq.sources.remote import RetryPolicy
 from torchseq.sources.spec import ShardSpec, expand_spec, spec_items
@@ -54,7 +54,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 DEFAULT_MAX_RECORD_BYTES = 64 << 20
 #: Skipped inputs reported per worker through ``Pipeline.stats()`` (counts stay exact).
-STATS_ERRORS_PER_WORKER = 50
+STATS_ERRORS_PER_WORKER = 16
 
 
 def decode_json(raw: bytes) -> Any:
@@ -109,9 +109,11 @@ class ShardSource:
         opener: how shards are opened (fsspec options, retries, ``pipe:``).
         name: label of this source in ``Pipeline.stats().sources``.
 
-    State: ``shard`` (position in this worker's shard list), ``index`` (items
-    consumed in that shard), ``counter`` (items seen across shards, for the
-    record-level split), ``num_shards``.
+    State: ``shard`` (position in this worker's list of shard ranges),
+    ``index`` (position reached in that shard, as :meth:`items` counts),
+    ``ordinal`` (items read from that shard, for ranges that start or end
+    inside it), ``counter`` (items kept across shards, for the record-level
+    split), ``num_shards``.
     """
 
     spec: ShardSpec
@@ -196,13 +198,19 @@ class ShardSource:
         resume = slot.resume
         if resume:
             check_field("num_shards", resume.get("num_shards"), len(shards))
-        plan = assign_shards(len(shards), ctx, self.shuffle_seed)
+        plan = assignment_for(len(shards), ctx, self.shuffle_seed)
         policy = ErrorPolicy(self.on_error, self.max_errors, self.max_error_rate)
-        # [position in plan, items consumed in that shard, items seen overall]
-        cursor = [resume.get("shard", 0), resume.get("index", 0), resume.get("counter", 0)]
+        # [position in plan, index reached in that shard, items kept overall,
+        #  items read in that shard]
+        cursor = [
+            resume.get("shard", 0),
+            resume.get("index", 0),
+            resume.get("counter", 0),
+            resume.get("ordinal", 0),
+        ]
         num_shards = len(shards)
         first_counter = cursor[2]
-        item_faults = [0]  # items this run owned that did not decode
+        tally = [0, 0]  # [items this run owned that did not decode, shards that held no items]
         stride, offset = plan.stride, plan.offset
         label = self.label()
 
@@ -211,68 +219,111 @@ class ShardSource:
                 "shard": cursor[0],
                 "index": cursor[1],
                 "counter": cursor[2],
+                "ordinal": cursor[3],
                 "num_shards": num_shards,
                 "skipped": dict(policy.counts),
             }
 
         def statistics() -> dict[str, Any]:
             owned = _owned(cursor[2], stride, offset) - _owned(first_counter, stride, offset)
-            records = owned - item_faults[0]
+            records = owned - tally[0]
             return {
                 "records": records,
+                "empty_shards": tally[1],
                 "skipped": dict(policy.counts),
-                "errors": [list(e) for e in policy.errors[:STATS_ERRORS_PER_WORKER]],
+                "errors": [[e.place, e.reason, e.message[:200]]
+                           for e in policy.errors[:STATS_ERRORS_PER_WORKER]],
                 "sources": {label: records},
             }
 
         slot.snapshot = snapshot
         ctx.stats.register(statistics)
-        return self._records(shards, plan.shards, stride, offset, cursor, policy, item_faults)
+        # Balanced shares cover only shards with records: one worker looks at the others.
+        probe = ctx.share is not None and ctx.global_worker == 0
+        return self._records(shards, plan, cursor, policy, tally, probe)
 
     def _records(
         self,
         shards: list[str],
-        order: tuple[int, ...],
-        stride: int,
-        offset: int,
+        plan: Assignment,
         cursor: list[int],
         policy: ErrorPolicy,
-        item_faults: list[int],
+        tally: list[int],
+        probe: bool = False,
     ) -> Iterator[Record]:
         decode = self.decode
+        stride, offset, ranges = plan.stride, plan.offset, plan.ranges
         first_counter = cursor[2]
         path = ""
-        while cursor[0] < len(order):
+        if probe:
+            yield from self._probe_unplanned(shards, policy, tally)
+        while cursor[0] < len(ranges):
             position = cursor[0]
-            path = shards[order[position]]
+            shard, start, end = ranges[position]
+            path = shards[shard]
             try:
                 for index, item in self.items(path, cursor[1]):
-                    seen = cursor[2]
+                    ordinal = cursor[3]
+                    if end is not None and ordinal >= end:
+                        break  # a balanced share may end inside a shard
                     cursor[1] = index
+                    cursor[3] = ordinal + 1
+                    if ordinal < start:
+                        continue  # ... or begin inside one
+                    seen = cursor[2]
                     cursor[2] = seen + 1
                     if seen % stride != offset:
                         continue
                     try:
                         record = decode(path, index, item)
                     except RecordFormatError as exc:
-                        item_faults[0] += 1
+                        tally[0] += 1
                         where = getattr(exc, "place", None) or self.place(path, index, item)
                         error = data_error(where, str(exc), exc.reason)
                         policy.handle(error, where, self._inputs(cursor[2], first_counter, stride, offset))
                         continue
                     except TorchseqError as exc:
-                        item_faults[0] += 1
+                        tally[0] += 1
                         where = self.place(path, index, item)
                         policy.handle(exc, where, self._inputs(cursor[2], first_counter, stride, offset))
                         continue
                     yield record
+                if cursor[3] == 0 and start == 0 and end != 0 and position % stride == offset:
+                    tally[1] += 1  # a valid shard without records: not an error, but counted
             except ShardFault as fault:
-                # Every worker of a record-level split meets this fault; one reports it.
-                if position % stride == offset:
+                # Workers that share this shard (by record, or by item range) all
+                # meet the fault: the one whose range holds its position reports
+                # it. A fault ends the count of a shard, so it sits at the end of
+                # the shard's last range, whose reader meets it on its last pull.
+                at = cursor[3]
+                if start <= at and (end is None or at <= end) and position % stride == offset:
                     policy.handle(fault.error, fault.place, self._inputs(cursor[2], first_counter, stride, offset))
             cursor[0] += 1
             cursor[1] = 0
+            cursor[3] = 0
         policy.finish(path or "(no shards)", self._inputs(cursor[2], first_counter, stride, offset))
+
+    def _probe_unplanned(self, shards: list[str], policy: ErrorPolicy, tally: list[int]) -> Iterator[Record]:
+        """Open the shards a balanced plan gave to no one (they counted 0 items).
+
+        Each is either validly empty (counted in the statistics) or broken (a
+        missing file, not decompressible, not the format): its fault is
+        reported here, once per epoch, as reading it would have.
+        """
+        from torchseq.index import shard_counts
+
+        for path, count in zip(shards, shard_counts(self, shards), strict=True):
+            if count:
+                continue
+            try:
+                for _ in self.items(path, 0):
+                    break  # counted 0 items a moment ago: nothing to deliver
+                else:
+                    tally[1] += 1
+            except ShardFault as fault:
+                policy.handle(fault.error, fault.place, 0)
+        return
+        yield  # a generator, for ``yield from``
 
     @staticmethod
     def _inputs(counter: int, first: int, stride: int, offset: int) -> int:

@@ -230,11 +230,16 @@ def open_shard(path: str, opener: ShardOpener) -> Iterator[Any]:
         head = buffered.peek(8)[:8]
         found = sniff_compression(head)
         promised = suffix_compression(path)
+        if promised is not None and not head:
+            raise CorruptShardError(
+                f"{path}: empty file (0 bytes); even an empty {promised} stream has a header "
+                "and a trailer, so it was truncated: re-write or re-download the shard"
+            )
         if promised is not None and head and found != promised:
             shown = head.hex(" ")
             raise CorruptShardError(
-                f"{path}: the suffix says {promised} but the data starts with bytes {shown}; "
-                "the file is corrupt or misnamed: re-write or rename it"
+                f"{path}: corrupt compressed stream: the suffix says {promised} but the data "
+                f"starts with bytes {shown}; the file is corrupt or misnamed: re-write or rename it"
             )
         if found is None:
             yield buffered

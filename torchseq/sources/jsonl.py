@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from torchseq.errors import CorruptShardError, EmptyShardError, TorchseqError, UnknownFormatError
+from torchseq.errors import CorruptShardError, TorchseqError, UnknownFormatError
 from torchseq.records import Record, RecordFormatError, normalize
 from torchseq.sources.base import ShardFault, ShardSource, decode_json
 from torchseq.sources.fs import STREAM_ERRORS, open_shard, sniff_container
@@ -34,7 +34,6 @@ class JsonlSource(ShardSource):
 
     def items(self, path: str, skip: int) -> Iterator[tuple[int, Any]]:
         index = 0
-        any_line = False
         limit = self.max_record_bytes + 1
         try:
             with open_shard(path, self.opener) as stream:
@@ -49,7 +48,6 @@ class JsonlSource(ShardSource):
                     index += 1
                     if len(raw) < 4 and not raw.strip():
                         continue
-                    any_line = True
                     if len(raw) == limit and raw[-1] != 10:  # no newline within the limit
                         size = len(raw)
                         while raw and raw[-1] != 10:
@@ -70,14 +68,6 @@ class JsonlSource(ShardSource):
                 "or re-download the shard"
             )
             raise ShardFault(error, place) from None
-        if not any_line:
-            raise ShardFault(
-                EmptyShardError(
-                    f"{path}: shard holds no records (empty file or only blank lines); remove it "
-                    "from the spec, or pass on_error='skip' to skip and count empty shards"
-                ),
-                path,
-            )
 
     def decode(self, path: str, index: int, item: Any) -> Record:
         if item.__class__ is OversizedLine:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from webdataset.tariterators import base_plus_ext
 
-from torchseq.errors import CorruptShardError, EmptyShardError, TorchseqError, UnknownFormatError
+from torchseq.errors import CorruptShardError, TorchseqError, UnknownFormatError
 from torchseq.records import Record, RecordFormatError, normalize
 from torchseq.sources.base import ShardFault, ShardSource, decode_json
 from torchseq.sources.fs import STREAM_ERRORS, open_shard, sniff_container
@@ -206,21 +206,13 @@ class WebDatasetSource(ShardSource):
                 "re-download the shard"
             )
             raise ShardFault(error, place) from None
-        if index == 0:
-            raise ShardFault(
-                EmptyShardError(
-                    f"{path}: shard holds no samples; remove it from the spec, or pass "
-                    "on_error='skip' to skip and count empty shards"
-                ),
-                path,
-            )
 
     @staticmethod
     def _check_head(path: str, head: bytes) -> None:
         if not head:
-            raise EmptyShardError(
-                f"{path}: shard is an empty file; remove it from the spec, or pass "
-                "on_error='skip' to skip and count empty shards"
+            raise CorruptShardError(
+                f"{path}: empty file (0 bytes); even an empty tar archive holds an end-of-archive "
+                "marker, so it was truncated: re-write or re-download the shard"
             )
         what = sniff_container(head)
         if what is not None and what != "a tar archive":

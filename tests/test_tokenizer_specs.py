@@ -1,0 +1,96 @@
+"""Tokenization: every accepted tokenizer spec gives the tokenizer's own truncated ids."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import tokenizers
+from torch.utils.data import DataLoader
+
+import torchseq as ts
+from torchseq.tokenize import encode_reference
+
+
+def tokenized(pipe: ts.Pipeline, num_workers: int = 0) -> list[dict[str, Any]]:
+    return [r for batch in DataLoader(pipe.batch(50), batch_size=None, num_workers=num_workers) for r in batch]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_ids_equal_reference_on_the_whole_sample(
+    sample_files: list[str], tokenizer_file: str, num_workers: int
+) -> None:
+    records = tokenized(ts.read_jsonl(sample_files).tokenize(tokenizer_file, max_length=128), num_workers)
+    assert len(records) == 4000
+    anchors = encode_reference(tokenizer_file, [r["anchor"] for r in records], 128)
+    positives = encode_reference(tokenizer_file, [r["positive"] for r in records], 128)
+    assert [r["tokens"]["anchor"] for r in records] == anchors
+    assert [r["tokens"]["positive"] for r in records] == positives
+    assert max(len(p) for p in positives) == 128  # truncation really happened
+
+
+def specs(tokenizer_file: str) -> dict[str, Any]:
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_file=tokenizer_file, pad_token="[PAD]", unk_token="[UNK]",
+                                 cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    rust = tokenizers.Tokenizer.from_file(tokenizer_file)
+    return {"path": tokenizer_file, "tokenizers": rust, "transformers": hf}
+
+
+@pytest.mark.parametrize("kind", ["path", "tokenizers", "transformers"])
+def test_every_spec_kind_gives_the_same_ids(sample_files: list[str], tokenizer_file: str, kind: str) -> None:
+    spec = specs(tokenizer_file)[kind]
+    records = tokenized(ts.read_jsonl(sample_files[:2]).tokenize(spec, max_length=32), num_workers=2)
+    reference = encode_reference(tokenizer_file, [r["positive"] for r in records], 32)
+    assert [r["tokens"]["positive"] for r in records] == reference
+
+
+def test_transformers_own_call_agrees(sample_files: list[str], tokenizer_file: str) -> None:
+    hf = specs(tokenizer_file)["transformers"]
+    records = tokenized(ts.read_jsonl(sample_files[:1]).tokenize(hf, max_length=48))[:200]
+    expected = hf([r["positive"] for r in records], truncation=True, max_length=48)["input_ids"]
+    assert [r["tokens"]["positive"] for r in records] == expected
+
+
+def char_codes(texts: list[str]) -> list[list[int]]:
+    return [[ord(c) for c in t[:10]] for t in texts]
+
+
+def test_callable_tokenizer_and_explicit_pad_id(sample_files: list[str]) -> None:
+    first_anchor = next(iter(ts.read_jsonl(sample_files[:1])))["anchor"]
+    batch = next(iter(ts.read_jsonl(sample_files[:1]).tokenize(char_codes, pad_id=-1).batch(4).collate()))
+    row, mask = batch["anchor"]["input_ids"][0], batch["anchor"]["attention_mask"][0]
+    assert row[mask.bool()].tolist() == [ord(c) for c in first_anchor[:10]]
+    assert (row[~mask.bool()] == -1).all()
+
+
+def test_negatives_are_tokenized(tmp_path: Any, tokenizer_file: str) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text('["a query", "a document", "a wrong document", "another one"]\n')
+    (record,) = list(ts.read_jsonl(str(path)).tokenize(tokenizer_file, 16))
+    assert record["tokens"]["negatives"] == encode_reference(tokenizer_file, ["a wrong document", "another one"], 16)
+
+
+FORKED = """
+import tokenizers, torchseq as ts
+from torch.utils.data import DataLoader
+from torchseq.sample import sample_shards, sample_tokenizer
+tok = tokenizers.Tokenizer.from_file(sample_tokenizer())
+tok.encode_batch(["warm the thread pool in the parent"] * 64)   # parallelism used before fork
+pipe = ts.read_jsonl(sample_shards()).tokenize(tok, 64).batch(64).collate()
+for epoch in range(2):
+    n = sum(b["anchor"]["input_ids"].shape[0] for b in DataLoader(pipe, batch_size=None, num_workers=2))
+print(n)
+"""
+
+
+def test_fork_safe_without_warning_flood(subprocess_env: dict[str, str]) -> None:
+    env = {k: v for k, v in subprocess_env.items() if k != "TOKENIZERS_PARALLELISM"}
+    result = subprocess.run([sys.executable, "-c", FORKED], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "4000"
+    assert "TOKENIZERS_PARALLELISM" not in result.stderr and "just got forked" not in result.stderr
+

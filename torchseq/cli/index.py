@@ -1,0 +1,82 @@
+"""``torchseq index SPEC``: count the records of every shard once and cache the counts.
+
+With ``--world-size`` and ``--batch-size`` it also prints what each remainder
+policy does to one epoch: batches per rank, records dropped, repeated or
+carried into the next epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+FORMATS = ("auto", "jsonl", "webdataset")
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "index",
+        help="count the records of every shard and cache the counts (for len() and equal batches)",
+        description=(
+            "Counts the records of every shard named by SPEC and caches the counts beside the "
+            "shards (.torchseq-index.json) or, when that directory is read-only or remote, in "
+            "the cache directory ($TORCHSEQ_CACHE_DIR, default ~/.cache/torchseq). A shard whose "
+            "size or modification time changed is counted again."
+        ),
+    )
+    parser.add_argument("spec", nargs="+", help="shard paths, URLs, globs or brace ranges")
+    parser.add_argument("--format", choices=FORMATS, default="auto",
+                        help="reader (default: webdataset for .tar/.tar.gz, else jsonl)")
+    parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                        help="a shard that cannot be read: stop (default) or count what is readable")
+    parser.add_argument("--rebuild", action="store_true", help="count every shard again")
+    parser.add_argument("--world-size", type=int, help="ranks, to show each policy's epoch")
+    parser.add_argument("--batch-size", type=int, help="records per batch, with --world-size")
+    parser.add_argument("--epoch", type=int, default=0, help="epoch to show (only 'wrap' varies)")
+    parser.add_argument("--quiet", action="store_true", help="no per-shard lines")
+    return parser
+
+
+def _reader(spec: list[str], form: str, on_error: str) -> Any:
+    import torchseq as ts
+
+    if form == "auto":
+        form = "webdataset" if all(s.endswith(_TAR_SUFFIXES) for s in spec) else "jsonl"
+    read = ts.read_webdataset if form == "webdataset" else ts.read_jsonl
+    return read(spec, on_error=on_error)
+
+
+def run(args: argparse.Namespace) -> int:
+    from torchseq.balance import POLICIES
+    from torchseq.errors import ConfigError
+    from torchseq.index import index_paths, shard_counts
+
+    pipe = _reader(args.spec, args.format, args.on_error)
+    source = pipe._source
+    shards = source.shard_list()
+    start = time.perf_counter()
+    counts = shard_counts(source, shards, rebuild=args.rebuild)
+    elapsed = time.perf_counter() - start
+    if not args.quiet:
+        width = max(len(s) for s in shards)
+        for shard, count in zip(shards, counts, strict=True):
+            print(f"{shard:<{width}}  {count:>12,}")
+    print(f"{sum(counts):,} records in {len(shards):,} shards ({elapsed:.2f}s)")
+    for path in index_paths(source, shards):
+        print(f"index: {path}")
+    if args.world_size is None and args.batch_size is None:
+        return 0
+    if not args.world_size or not args.batch_size or args.world_size < 1 or args.batch_size < 1:
+        raise ConfigError("--world-size and --batch-size go together, both >= 1")
+    print(f"\none epoch (epoch {args.epoch}) with world size {args.world_size}, batch size {args.batch_size}:")
+    print(f"{'policy':<8} {'batches/rank':>12} {'delivered':>10} {'dropped':>8} {'repeated':>9} "
+          f"{'carried in':>10} {'carried out':>11}")
+    batched = pipe.batch(args.batch_size)
+    for policy in POLICIES:
+        report = batched.balance(policy).balance_report(world_size=args.world_size, epoch=args.epoch)
+        print(f"{policy:<8} {report['batches_per_rank']:>12,} {report['delivered']:>10,} "
+              f"{report['dropped']:>8,} {report['repeated']:>9,} {report['carried_in']:>10,} "
+              f"{report['carried_out']:>11,}")
+    return 0
