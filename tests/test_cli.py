@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-import torchseq as ts
 from badinput import write_tar
 from conftest import pair, write_jsonl
+
+import torchseq as ts
 from torchseq.cli import COMMANDS, main
 from torchseq.tokenize import encode_reference
 

@@ -141,8 +141,8 @@ def case_invalid_utf8(tmp: Path) -> Case:
 
 
 def case_unknown_record_format(tmp: Path) -> Case:
-    return _line_case(tmp, b'{"question": "q", "answer": "a"}', "unknown record format",
-                      "fields=", "unknown record format")
+    return _line_case(tmp, b'{"question": "q", "answer": "a"}', "unknown record format (keys",
+                      "fields=", "unknown format")
 
 
 def case_huge_line(tmp: Path) -> Case:

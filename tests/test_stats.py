@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import pair
 from torch.utils.data import DataLoader
 
 import torchseq as ts
-from conftest import pair
 from torchseq.context import Context
 from torchseq.errors import SkippedInput
 from torchseq.state import Slot

@@ -29,7 +29,7 @@ HINTS: dict[str, str] = {
     "wrong type": "texts must be JSON strings",
     "missing field": "give every record an anchor and a positive text, or map your keys with fields=",
     "empty text": "drop records with empty texts before writing the shard",
-    "unknown record format": "write one of the formats in torchseq.records, or map keys with fields=",
+    "unknown format": "write one of the formats in torchseq.records, or map keys with fields=",
     "record too large": "raise max_record_bytes= if such records are legitimate",
     "invalid npy": "re-write the member with numpy.save (integer token ids, no pickles)",
     "unsafe content": "re-write the shard without pickles (use .json or .npy members)",

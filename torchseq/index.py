@@ -35,6 +35,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from torchseq.errors import RemoteError
 from torchseq.sources.base import ShardFault, ShardSource
 from torchseq.sources.spec import is_url
 
@@ -100,7 +101,7 @@ def _candidates(directory: str) -> list[str]:
     return [os.path.join(directory, INDEX_NAME), _cached_path(directory)]
 
 
-def _listing(directory: str, storage_options: Any = None) -> dict[str, str]:
+def _listing(directory: str, source: ShardSource) -> dict[str, str]:
     """``name -> key`` for the files of a directory, from one listing call."""
     if not is_url(directory):
         keys = {}
@@ -110,11 +111,12 @@ def _listing(directory: str, storage_options: Any = None) -> dict[str, str]:
                     stat = entry.stat()
                     keys[entry.name] = f"{stat.st_size}:{stat.st_mtime_ns}"
         return keys
-    from torchseq.sources.remote import filesystem_for
+    from torchseq.sources.remote import filesystem_for, with_retry
 
-    fs = filesystem_for(directory, storage_options)
+    fs = filesystem_for(directory, source.opener.storage_options)
+    listing = with_retry(directory, "listing", source.opener.retry, lambda: fs.ls(directory, detail=True))
     keys = {}
-    for info in fs.ls(directory, detail=True):
+    for info in listing:
         if info.get("type") == "directory":
             continue
         name = str(info["name"]).rstrip("/").rpartition("/")[2]
@@ -266,9 +268,9 @@ def _directory_counts(
     rebuild: bool,
 ) -> list[tuple[int, int]]:
     try:
-        keys: dict[str, str] = _listing(directory, source.opener.storage_options)
-    except (FileNotFoundError, NotADirectoryError):
-        keys = {}
+        keys: dict[str, str] = _listing(directory, source)
+    except (FileNotFoundError, NotADirectoryError, RemoteError):
+        keys = {}  # no listing (e.g. an HTTP server, or list permission denied): counts are not cached
     candidates = _candidates(directory)
 
     def known() -> tuple[list[tuple[int, int]], list[tuple[int, str]]]:

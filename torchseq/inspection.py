@@ -87,7 +87,7 @@ class CorpusReport:
             if not len(values):
                 continue
             row: dict[str, float] = {"count": float(len(values)), "mean": float(values.mean())}
-            for q, v in zip(PERCENTILES, np.percentile(values, PERCENTILES)):
+            for q, v in zip(PERCENTILES, np.percentile(values, PERCENTILES), strict=True):
                 row[f"p{q}"] = float(v)
             row["max"] = float(values.max())
             if self.unit == "tokens":
@@ -365,7 +365,7 @@ def plot_lengths(report: CorpusReport, path: str) -> None:
         raise TorchseqError("--plot needs matplotlib: pip install 'torchseq[plot]'") from exc
     columns = [(name, values) for name, values in report.lengths.items() if len(values)]
     figure, axes = plt.subplots(len(columns), 1, figsize=(8, 2.6 * max(1, len(columns))), squeeze=False)
-    for axis, (name, values) in zip(axes[:, 0], columns):
+    for axis, (name, values) in zip(axes[:, 0], columns, strict=True):
         top = max(1, int(np.percentile(values, 99.5)))
         bins = np.arange(top + 2) - 0.5 if top <= 150 else 100  # integer lengths: one bin each
         axis.hist(np.minimum(values, top), bins=bins, color="#4c72b0")

@@ -194,7 +194,7 @@ def normalize(obj: Any, fields: Mapping[str, str] | None = None) -> Record:
         return _from_set(obj)
     if not isinstance(obj, dict):
         raise RecordFormatError(
-            f"expected a JSON list or object, got {type(obj).__name__}", "unknown record format"
+            f"expected a JSON list or object, got {type(obj).__name__}", "unknown format"
         )
     half = ("anchor" in obj) != ("positive" in obj)
     if half:
@@ -203,5 +203,5 @@ def normalize(obj: Any, fields: Mapping[str, str] | None = None) -> Record:
     keys = sorted(obj)[:8]
     raise RecordFormatError(
         f"unknown record format (keys {keys}); pass fields={{'anchor': ..., 'positive': ...}}",
-        "unknown record format",
+        "unknown format",
     )
