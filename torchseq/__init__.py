@@ -12,12 +12,16 @@ from torchseq.errors import (
     UnsafeContentError,
 )
 from torchseq.guard import BalanceWarning
+from torchseq.meter import BatchMeter, pipeline_counters
+from torchseq.mixing import mix
 from torchseq.pipeline import Pipeline, read_jsonl, read_webdataset
+from torchseq.unique import Unique
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BalanceWarning",
+    "BatchMeter",
     "ConfigError",
     "Context",
     "DataError",
@@ -27,10 +31,13 @@ __all__ = [
     "StateError",
     "Topology",
     "TorchseqError",
+    "Unique",
     "UnsafeContentError",
     "__version__",
     "collate_records",
+    "mix",
     "pad_sequences",
+    "pipeline_counters",
     "read_jsonl",
     "read_webdataset",
 ]

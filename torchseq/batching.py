@@ -2,6 +2,7 @@
 
 Each stage yields lists of records. Lengths are token counts from
 ``record["tokens"]`` (so batching by length comes after ``tokenize``).
+Each stage takes ``unique=`` for duplicate-free batches (:mod:`torchseq.unique`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torchseq.context import Context, derive_seed
@@ -17,6 +18,7 @@ from torchseq.errors import ConfigError
 from torchseq.records import Record
 from torchseq.shuffle import restore_rng
 from torchseq.state import Slot, decode_records, encode_records
+from torchseq.unique import NEW, Limit, Unique, UniquePacker, planned_batches
 
 
 def _check_positive(stage: str, name: str, value: int) -> None:
@@ -39,6 +41,17 @@ def column_lengths(record: Record) -> tuple[int, ...]:
         else:
             lengths.append(len(ids))
     return tuple(lengths)
+
+
+def length_ranking(records: list[Record]) -> list[int]:
+    """Indices of ``records`` in the order a pooled batcher cuts them."""
+    lengths = [column_lengths(r) for r in records]
+    # Sort by the column holding most tokens first (the long side of the
+    # pairs), then the others: that column dominates the padding.
+    totals = [sum(column) for column in zip(*lengths, strict=True)]
+    order = sorted(range(len(totals)), key=totals.__getitem__, reverse=True)
+    keys = [tuple(row[i] for i in order) for row in lengths]
+    return sorted(range(len(records)), key=keys.__getitem__)
 
 
 def padded_tokens(records: list[Record]) -> int:
@@ -67,11 +80,13 @@ def real_tokens(records: list[Record]) -> int:
 class Batch:
     """Consecutive groups of ``batch_size`` elements.
 
-    State: ``partial`` (the batch being filled).
+    State: ``partial`` (the batch being filled); with ``unique``, ``unique``
+    (see :class:`~torchseq.unique.UniquePacker`) instead.
     """
 
     batch_size: int
     drop_last: bool = False
+    unique: Unique | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_positive("batch", "batch_size", self.batch_size)
@@ -80,6 +95,11 @@ class Batch:
         return self.batch_size, self.drop_last
 
     def __call__(self, upstream: Iterator[Any], ctx: Context, slot: Slot) -> Iterator[list[Any]]:
+        if self.unique is not None:
+            packer = UniquePacker(self.unique, FixedSize(self.batch_size), slot.resume.get("unique"),
+                                  planned_batches(ctx))
+            slot.snapshot = lambda: {"unique": packer.snapshot()}
+            return _unique_stream(upstream, packer, self.drop_last)
         partial: list[Any] = decode_records(slot.resume.get("partial", []))
         live = [partial]
         slot.snapshot = lambda: {"partial": encode_records(live[0])}
@@ -101,14 +121,19 @@ class _PooledBatcher:
     """Shared machinery: fill a pool, sort it by length, cut it, shuffle the cuts.
 
     State: ``pool`` (records collected), ``ready`` (batches cut, not yet
-    yielded), ``rng``.
+    yielded), ``rng``; with ``unique`` also ``unique`` (records held back).
     """
 
     pool_size: int
     seed: int
     shuffle_batches: bool
+    unique: Unique | None
 
     def cut(self, records: list[Record], final: bool) -> list[list[Record]]:
+        raise NotImplementedError  # abstract
+
+    def limit(self) -> Limit:
+        """The batch-size rule as an incremental :class:`~torchseq.unique.Limit`."""
         raise NotImplementedError  # abstract
 
     def pooling(self, ctx: Context) -> tuple[int, int | None]:
@@ -122,28 +147,37 @@ class _PooledBatcher:
         live: dict[str, Any] = {
             "pool": decode_records(slot.resume.get("pool", [])),
             "ready": [decode_records(b) for b in slot.resume.get("ready", [])],
+            "packer": None,
         }
-        slot.snapshot = lambda: {
-            "pool": encode_records(live["pool"]),
-            "ready": [encode_records(b) for b in live["ready"]],
-            "rng": rng.getstate(),
-        }
-        return self._batches(upstream, live, rng, *self.pooling(ctx))
+        pool_size, per_batch = self.pooling(ctx)
+        if self.unique is not None:
+            # Under DDP the batch count is planned: keep the plan's batch size
+            # (any per_batch records fit the budget) and its number of batches.
+            limit = FixedSize(per_batch) if per_batch is not None else self.limit()
+            live["packer"] = UniquePacker(self.unique, limit, slot.resume.get("unique"), planned_batches(ctx))
+
+        def snapshot() -> dict[str, Any]:
+            state = {
+                "pool": encode_records(live["pool"]),
+                "ready": [encode_records(b) for b in live["ready"]],
+                "rng": rng.getstate(),
+            }
+            if live["packer"] is not None:
+                state["unique"] = live["packer"].snapshot()
+            return state
+
+        slot.snapshot = snapshot
+        return self._batches(upstream, live, rng, pool_size, per_batch)
 
     def _release(self, live: dict[str, Any], rng: random.Random, final: bool, per_batch: int | None) -> None:
         pool = live["pool"]
         live["pool"] = []
-        lengths = [column_lengths(r) for r in pool]
-        # Sort by the column holding most tokens first (the long side of the
-        # pairs), then the others: that column dominates the padding.
-        totals = [sum(column) for column in zip(*lengths, strict=True)]
-        order = sorted(range(len(totals)), key=totals.__getitem__, reverse=True)
-        keys = [tuple(row[i] for i in order) for row in lengths]
-        ranked = sorted(range(len(pool)), key=keys.__getitem__)
-        pool = [pool[i] for i in ranked]
-        batches = self.cut(pool, final)
-        if per_batch is not None:
-            batches = fit_count(batches, -(-len(pool) // per_batch))
+        if live["packer"] is not None:
+            batches = _unique_cut(live["packer"], pool, final, getattr(self, "drop_last", False))
+        else:
+            batches = self.cut([pool[i] for i in length_ranking(pool)], final)
+            if per_batch is not None:
+                batches = fit_count(batches, -(-len(pool) // per_batch))
         if self.shuffle_batches:
             rng.shuffle(batches)
         live["ready"] = batches
@@ -166,7 +200,7 @@ class _PooledBatcher:
                 ready = live["ready"]
                 while ready:
                     yield ready.pop()
-        if live["pool"]:
+        if live["pool"] or (live["packer"] is not None and live["packer"].holding):
             self._release(live, rng, True, per_batch)
             ready = live["ready"]
             while ready:
@@ -188,6 +222,7 @@ class BucketBatch(_PooledBatcher):
     seed: int = 0
     drop_last: bool = False
     shuffle_batches: bool = True
+    unique: Unique | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_positive("bucket", "batch_size", self.batch_size)
@@ -207,6 +242,9 @@ class BucketBatch(_PooledBatcher):
         if batches and len(batches[-1]) < size and self.drop_last:
             batches.pop()
         return batches
+
+    def limit(self) -> Limit:
+        return FixedSize(self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -236,6 +274,7 @@ class TokenBudgetBatch(_PooledBatcher):
     seed: int = 0
     shuffle_batches: bool = True
     max_record_tokens: int | None = None
+    unique: Unique | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         _check_positive("batch_by_tokens", "max_tokens", self.max_tokens)
@@ -262,22 +301,22 @@ class TokenBudgetBatch(_PooledBatcher):
         return -(-self.pool_size // per_batch) * per_batch, per_batch
 
     def cut(self, records: list[Record], final: bool) -> list[list[Record]]:
+        budget = self.limit()
         batches: list[list[Record]] = []
         current: list[Record] = []
-        widths: list[int] = []
         for record in records:
-            lengths = _cost_columns(record)
-            new_widths = [max(a, b) for a, b in zip(widths, lengths, strict=True)] if widths else list(lengths)
-            cost = (len(current) + 1) * sum(new_widths)
-            full = self.max_batch_size is not None and len(current) >= self.max_batch_size
-            if current and (cost > self.max_tokens or full):
+            if current and not budget.fits(record):
                 batches.append(current)
-                current, new_widths = [], list(lengths)
+                current = []
+                budget.reset()
             current.append(record)
-            widths = new_widths
+            budget.add(record)
         if current:
             batches.append(current)
         return batches
+
+    def limit(self) -> Limit:
+        return TokenBudget(self.max_tokens, self.max_batch_size)
 
 
 def fit_count(batches: list[list[Record]], count: int) -> list[list[Record]]:
@@ -319,3 +358,90 @@ def _cost_columns(record: Record) -> tuple[int, ...]:
         else:
             out.append(len(ids))
     return tuple(out)
+
+
+# ---------------------------------------------------------------- batch-size rules
+class FixedSize:
+    """At most ``size`` records per batch."""
+
+    __slots__ = ("size", "count")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.count = 0
+
+    def fits(self, record: Record) -> bool:
+        return self.count < self.size
+
+    def add(self, record: Record) -> None:
+        self.count += 1
+
+    def full(self) -> bool:
+        return self.count >= self.size
+
+    def reset(self) -> None:
+        self.count = 0
+
+
+class TokenBudget:
+    """The ``batch_by_tokens`` rule: a record joins while the padded cost stays within ``max_tokens``.
+
+    Cost is (records + 1) x the sum of per-column widths (negatives counted
+    once per negative); a record that alone exceeds the budget forms its own
+    batch; ``max_batch_size`` caps the count.
+    """
+
+    __slots__ = ("max_tokens", "max_batch_size", "count", "widths")
+
+    def __init__(self, max_tokens: int, max_batch_size: int | None) -> None:
+        self.max_tokens = max_tokens
+        self.max_batch_size = max_batch_size
+        self.count = 0
+        self.widths: tuple[int, ...] = ()
+
+    def fits(self, record: Record) -> bool:
+        if not self.count:
+            return True
+        if self.max_batch_size is not None and self.count >= self.max_batch_size:
+            return False
+        widths = [max(a, b) for a, b in zip(self.widths, _cost_columns(record), strict=True)]
+        return (self.count + 1) * sum(widths) <= self.max_tokens
+
+    def add(self, record: Record) -> None:
+        lengths = _cost_columns(record)
+        if self.count:
+            lengths = tuple(max(a, b) for a, b in zip(self.widths, lengths, strict=True))
+        self.widths = lengths
+        self.count += 1
+
+    def full(self) -> bool:
+        return self.max_batch_size is not None and self.count >= self.max_batch_size
+
+    def reset(self) -> None:
+        self.count = 0
+        self.widths = ()
+
+
+# ---------------------------------------------------------------- duplicate-free batching
+def _unique_stream(upstream: Iterator[Any], packer: UniquePacker, drop_last: bool) -> Iterator[list[Any]]:
+    """``Batch`` with ``unique``: records in arrival order, batches as they complete."""
+    for item in upstream:
+        packer.push(item)
+        yield from packer.drain()
+    packer.finish(drop_last)
+    yield from packer.drain()
+
+
+def _unique_cut(packer: UniquePacker, pool: list[Record], final: bool, drop_last: bool) -> list[list[Record]]:
+    """Pooled batchers with ``unique``: what the packer still holds joins the pool, sorted by length.
+
+    The partial batch and deferred records of the previous pool are sorted in
+    with the new one, so they land among records of similar length.
+    """
+    items = packer.take_back() + [(record, NEW) for record in pool]
+    for index in length_ranking([record for record, _ in items]):
+        packer.push(*items[index])
+    if final:
+        packer.finish(drop_last)
+    batches, packer.ready = packer.ready, []
+    return batches

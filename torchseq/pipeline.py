@@ -21,6 +21,7 @@ from torchseq.context import Context, Topology, detect_topology
 from torchseq.errors import ConfigError, StateError
 from torchseq.guard import StepGuard
 from torchseq.records import TEXT_FIELDS
+from torchseq.sampling import SamplePairs
 from torchseq.shuffle import BufferShuffle
 from torchseq.sources import JsonlSource, ShardSource, ShardSpec, WebDatasetSource
 from torchseq.sources.base import DEFAULT_MAX_RECORD_BYTES
@@ -29,6 +30,7 @@ from torchseq.state import Slot, State, check_field
 from torchseq.stats import PipelineStats, StatsTable
 from torchseq.tokenize import Tokenize, tokenizer_spec
 from torchseq.transform import Filter, Map
+from torchseq.unique import Unique, as_unique
 
 STATE_VERSION = 2
 
@@ -152,15 +154,28 @@ class Pipeline(IterableDataset[Any]):
         """Keep elements for which ``fn`` returns true."""
         return self._then(Filter(fn))
 
-    def batch(self, batch_size: int, drop_last: bool = False) -> Pipeline:
-        """Group consecutive elements into lists of ``batch_size``."""
-        return self._then(Batch(batch_size, drop_last))
+    def batch(self, batch_size: int, drop_last: bool = False, *, unique: bool | Unique = False) -> Pipeline:
+        """Group consecutive elements into lists of ``batch_size``.
+
+        ``unique=True`` (or a :class:`~torchseq.unique.Unique`) keeps every batch
+        free of repeated texts, for in-batch negatives (see :mod:`torchseq.unique`).
+        """
+        return self._then(Batch(batch_size, drop_last, unique=as_unique(unique)))
 
     def bucket(
-        self, batch_size: int, *, pool_batches: int = 64, seed: int = 0, drop_last: bool = False
+        self,
+        batch_size: int,
+        *,
+        pool_batches: int = 64,
+        seed: int = 0,
+        drop_last: bool = False,
+        unique: bool | Unique = False,
     ) -> Pipeline:
-        """Length-bucketed batches: sort a pool of ``batch_size * pool_batches`` by length, cut, shuffle."""
-        return self._then(BucketBatch(batch_size, pool_batches, seed, drop_last))
+        """Length-bucketed batches: sort a pool of ``batch_size * pool_batches`` by length, cut, shuffle.
+
+        ``unique`` as in :meth:`batch`.
+        """
+        return self._then(BucketBatch(batch_size, pool_batches, seed, drop_last, unique=as_unique(unique)))
 
     def batch_by_tokens(
         self,
@@ -170,6 +185,7 @@ class Pipeline(IterableDataset[Any]):
         max_batch_size: int | None = None,
         seed: int = 0,
         max_record_tokens: int | None = None,
+        unique: bool | Unique = False,
     ) -> Pipeline:
         """Batches whose padded token count over all text columns stays within ``max_tokens``.
 
@@ -179,6 +195,7 @@ class Pipeline(IterableDataset[Any]):
                 DDP; default ``max_length`` x the tokenized text fields other
                 than negatives (records with ``K`` negatives need
                 ``(2 + K) * max_length``).
+            unique: as in :meth:`batch`.
         """
         if max_record_tokens is None:
             tokenizer_stage = next((s for s in reversed(self._stages) if isinstance(s, Tokenize)), None)
@@ -186,7 +203,19 @@ class Pipeline(IterableDataset[Any]):
                 columns = sum(1 for f in tokenizer_stage.fields if f != "negatives") or 1
                 max_record_tokens = tokenizer_stage.max_length * columns
         return self._then(TokenBudgetBatch(max_tokens, pool_size, max_batch_size, seed,
-                                           max_record_tokens=max_record_tokens))
+                                           max_record_tokens=max_record_tokens, unique=as_unique(unique)))
+
+    def sample_pairs(self, num_negatives: int | None = None, *, swap: bool = False, seed: int = 0) -> Pipeline:
+        """Draw a fresh pair from rich records every epoch (see :class:`~torchseq.sampling.SamplePairs`).
+
+        ``{"set": [...]}`` records get two distinct texts of the set; records
+        with several ``positives`` one of them; ``num_negatives`` negatives are
+        drawn from the record's negatives (``None`` keeps them all, ``0``
+        drops them); ``swap=True`` swaps anchor and positive half the time.
+        Seeded from ``(seed, epoch, record)``: deterministic whatever the
+        workers, and resumable.
+        """
+        return self._then(SamplePairs(num_negatives, swap, seed))
 
     def collate(self, pad_to_multiple_of: int | None = None, pad_id: int | None = None) -> Pipeline:
         """Pad batches into tensors (layout in :mod:`torchseq.collate`)."""
@@ -311,6 +340,44 @@ class Pipeline(IterableDataset[Any]):
             return
         for key in ("policy", "num_records", "quantum"):
             check_field(key, saved.get(key), now[key])
+
+    def stream(self, ctx: Context, state: State | None = None) -> tuple[Iterator[Any], Callable[[], State]]:
+        """Run inside another pipeline's iteration, as a source of :func:`torchseq.mix`.
+
+        Does what :meth:`iterate` does for the worker ``ctx`` describes -- this
+        pipeline's own balance plan, and the step guard under DDP -- but
+        leaves ``self`` untouched: the state to resume from comes in, a
+        function that snapshots the live state comes out.
+        """
+        state = state or {}
+        ctx = dataclasses.replace(ctx, share=None)
+        plan = self._epoch_plan(ctx, needed=ctx.num_global_workers > 1 or self._balance != "partial")
+        if plan is not None:
+            ctx = dataclasses.replace(ctx, share=plan.share(ctx.rank, ctx.worker, ctx.num_workers))
+        if state:
+            check_field("stages", state.get("graph"), self._graph())
+            self._check_plan(state.get("plan"), ctx)
+        slots = [Slot(s) for s in state.get("stages") or [{}] * (len(self._stages) + 1)]
+        guard = Slot(state.get("guard") or {})
+        iterator = self._chain(ctx, slots)
+        if ctx.share is not None and ctx.share.guard:
+            restart = lambda: self._chain(ctx, [Slot() for _ in slots])  # noqa: E731
+            iterator = StepGuard()(iterator, ctx.share.num_batches, guard, restart, ctx.where())
+
+        def snapshot() -> State:
+            return {
+                "graph": self._graph(),
+                "plan": _plan_state(ctx),
+                "stages": [slot.snapshot() for slot in slots],
+                "guard": guard.snapshot(),
+            }
+
+        return iterator, snapshot
+
+    @property
+    def source(self) -> Source:
+        """The pipeline's source (a reader, or a mixture of pipelines)."""
+        return self._source
 
     def _check_resume(self, resume: State, ctx: Context) -> Context:
         check_field("version", resume.get("version"), STATE_VERSION)
