@@ -457,6 +457,21 @@ def test_invalid_reader_arguments_fail_at_once(kwargs: dict[str, Any], match: st
         ts.read_jsonl("whatever.jsonl", **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("cls", "builtin"),
+    [(ts.CorruptShardError, ValueError), (ts.UnknownFormatError, ValueError),
+     (ts.TooManyErrorsError, ValueError), (ts.RemoteError, OSError), (ts.RemoteAccessError, PermissionError)],
+)
+def test_new_errors_rebuild_from_their_message(cls: type[Exception], builtin: type[Exception]) -> None:
+    """DataLoader re-raises a worker's exception as ``type(exc)(message)``: one string is enough."""
+    import pickle
+
+    error = cls("s3://bucket/shard.tar::000123.json: something")
+    assert isinstance(error, TorchseqError) and isinstance(error, builtin)
+    assert str(type(error)(str(error))) == str(error)
+    assert str(pickle.loads(pickle.dumps(error))) == str(error)
+
+
 def test_pickle_member_is_an_unsafe_content_error_class(tmp_path: Path) -> None:
     assert issubclass(UnsafeContentError, DataError)
     case = case_tar_pickle_member(tmp_path)

@@ -32,7 +32,7 @@ import numpy as np
 
 from torchseq.context import Context
 from torchseq.errors import ConfigError, SkippedInput
-from torchseq.inspection import reader_for
+from torchseq.inspection import reader_for, short_message
 from torchseq.records import Record
 from torchseq.sources.spec import expand_spec
 from torchseq.state import Slot
@@ -278,7 +278,7 @@ def format_convert_report(report: ConvertReport) -> str:
     lines.append(f"skipped: {skipped:,}" + (" (" + ", ".join(
         f"{r} {n:,}" for r, n in report.skipped.most_common()) + ")" if skipped else ""))
     for error in report.errors[:5]:
-        lines.append(f"  e.g. {error.message[:160]}")
+        lines.append(f"  e.g. {short_message(error)}")
     if report.dropped_fields:
         lines.append("dropped fields the output format cannot hold: " + ", ".join(
             f"{k} {n:,}" for k, n in report.dropped_fields.items()))

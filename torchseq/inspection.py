@@ -20,7 +20,7 @@ import numpy as np
 
 from torchseq.batching import Batch, BucketBatch, TokenBudgetBatch, padded_tokens, real_tokens
 from torchseq.context import Context
-from torchseq.errors import SkippedInput, TorchseqError, data_error
+from torchseq.errors import SKIP_HINT, SkippedInput, TorchseqError, data_error
 from torchseq.records import TEXT_FIELDS, Record, RecordFormatError, detect_format
 from torchseq.sources import JsonlSource, WebDatasetSource
 from torchseq.sources.base import ShardFault, ShardSource, decode_json
@@ -309,6 +309,12 @@ def _human_bytes(size: int | None) -> str:
     return f"{size} B"  # pragma: no cover - the loop always returns
 
 
+def short_message(error: SkippedInput, width: int = 150) -> str:
+    """``place: what was wrong`` without the advice (the full message is in ``errors``)."""
+    text = error.message.split(f"; or {SKIP_HINT}")[0]
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def format_report(report: CorpusReport) -> str:
     """The report as aligned text (what ``torchseq inspect`` prints)."""
     lines = []
@@ -324,8 +330,8 @@ def format_report(report: CorpusReport) -> str:
     lines.append(f"records:  {report.records:,} valid, {sum(report.skipped.values()):,} skipped{limited}")
     for reason, n in report.skipped.most_common():
         lines.append(f"          skipped {reason}: {n:,}")
-    for error in report.errors[:5]:
-        lines.append(f"          e.g. {error.message[:160]}")
+    for error in report.errors[:6]:
+        lines.append(f"          e.g. {short_message(error)}")
     lines.append("formats:  " + ", ".join(f"{k} {n:,}" for k, n in report.formats.most_common()))
     lines.append("fields:   " + ", ".join(f"{k} {n:,}" for k, n in report.fields.most_common()))
     table = report.length_table()
@@ -367,7 +373,8 @@ def plot_lengths(report: CorpusReport, path: str) -> None:
     figure, axes = plt.subplots(len(columns), 1, figsize=(8, 2.6 * max(1, len(columns))), squeeze=False)
     for axis, (name, values) in zip(axes[:, 0], columns, strict=True):
         top = max(1, int(np.percentile(values, 99.5)))
-        bins = np.arange(top + 2) - 0.5 if top <= 150 else 100  # integer lengths: one bin each
+        width = -(-top // 120)  # whole lengths per bin: integer data binned evenly, no aliasing
+        bins = np.arange(0, top + width + 1, width) - 0.5
         axis.hist(np.minimum(values, top), bins=bins, color="#4c72b0")
         if report.unit == "tokens":
             axis.axvline(report.max_length, color="#c44e52", linestyle="--",

@@ -28,7 +28,6 @@ from torchseq.errors import (
     ConfigError,
     CorruptShardError,
     ShardNotFoundError,
-    UnknownFormatError,
 )
 from torchseq.sources.remote import RetryPolicy, open_remote
 from torchseq.sources.spec import is_url
@@ -247,9 +246,3 @@ def open_shard(path: str, opener: ShardOpener) -> Iterator[Any]:
         inner = stack.enter_context(_ReadSome(_decompressor(found, buffered, path)))
         yield stack.enter_context(io.BufferedReader(inner, BUFFER_BYTES))
 
-
-def refuse_container(path: str, head: bytes, expected: str, advice: str) -> None:
-    """Raise :class:`UnknownFormatError` when ``head`` is a known non-``expected`` container."""
-    what = sniff_container(head)
-    if what is not None and what != expected:
-        raise UnknownFormatError(f"{path}: is {what}, not {advice}")
