@@ -169,3 +169,19 @@ def test_table_rows_keep_counts_exact_when_errors_do_not_fit() -> None:
     assert stats.records == 5 and isinstance(stats.errors[0], SkippedInput)
     table.reset()
     assert table.collect() == PipelineStats()
+
+
+def test_duplicate_deferrals_and_mix_deliveries_reach_stats(tmp_path: Path, tokenizer_file: str) -> None:
+    """unique= and mix() report through the same table: summed over workers, next to the state counters."""
+    rows = [pair(i % 40) for i in range(400)]  # every pair ten times: unique= must defer
+    first = tmp_path / "dups-a.jsonl"
+    second = tmp_path / "dups-b.jsonl"
+    first.write_text("\n".join(json.dumps(r) for r in rows[:200]) + "\n")
+    second.write_text("\n".join(json.dumps(r) for r in rows[200:]) + "\n")
+    mixed = ts.mix({"a": ts.read_jsonl(str(first)), "b": ts.read_jsonl(str(second))}, stop="all_exhausted")
+    pipe = mixed.batch(16, unique=True).balance("off")
+    batches = list(DataLoader(pipe, batch_size=None, num_workers=2))
+    stats = pipe.stats()
+    assert stats.counters["unique.deferrals"] > 0
+    assert stats.counters["mix.a.records"] + stats.counters["mix.b.records"] == 400
+    assert sum(len(b) for b in batches) == stats.counters["unique.records"] - stats.counters["unique.dropped"]
