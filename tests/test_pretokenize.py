@@ -18,7 +18,7 @@ import torchseq as ts
 from torchseq.cli import main as cli_main
 from torchseq.errors import DataError
 from torchseq.pretokenize import INDEX_NAME, pretokenize, read_index
-from torchseq.sources.tarstream import load_npy, npy_bytes, plain_members
+from torchseq.sources.tarstream import npy_bytes, plain_members
 
 
 @pytest.fixture(scope="module")
@@ -154,37 +154,6 @@ def test_truncated_shard_falls_back_and_names_the_place(tmp_path: Path) -> None:
         list(ts.read_webdataset(str(path)))
     kept = list(ts.read_webdataset(str(path), on_error="skip"))
     assert [r["__key__"] for r in kept] == [f"{i:04d}" for i in range(12)]
-
-
-@pytest.mark.parametrize(
-    "array",
-    [
-        np.arange(7, dtype=np.uint16),
-        np.arange(7, dtype=np.int32),
-        np.zeros(0, dtype=np.uint16),
-        np.array(5, dtype=np.int64),
-        np.arange(6, dtype=np.float32).reshape(2, 3),
-        np.asfortranarray(np.arange(6, dtype=np.int16).reshape(2, 3)),
-    ],
-)
-def test_load_npy_equals_np_load(array: np.ndarray[Any, Any]) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    for _ in range(2):  # the second call uses the cached header
-        got = load_npy(buffer.getvalue())
-        assert got.dtype == array.dtype and got.shape == array.shape and (got == array).all()
-        assert got.flags.writeable
-
-
-def test_load_npy_refuses_pickles_and_truncation() -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError):
-        load_npy(buffer.getvalue())
-    whole = npy_bytes(np.arange(9, dtype=np.uint16))
-    load_npy(whole)
-    with pytest.raises(ValueError):
-        load_npy(whole[:-4])
 
 
 def test_npy_bytes_is_what_np_save_writes() -> None:

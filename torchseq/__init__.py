@@ -4,17 +4,25 @@ from torchseq.collate import collate_records, pad_sequences
 from torchseq.context import Context, Topology
 from torchseq.errors import (
     ConfigError,
+    CorruptShardError,
     DataError,
     DataWarning,
+    RemoteAccessError,
+    RemoteError,
     ShardNotFoundError,
+    SkippedInput,
     StateError,
+    TooManyErrorsError,
     TorchseqError,
+    UnknownFormatError,
     UnsafeContentError,
 )
 from torchseq.guard import BalanceWarning
 from torchseq.meter import BatchMeter, pipeline_counters
 from torchseq.mixing import mix
 from torchseq.pipeline import Pipeline, read_jsonl, read_webdataset
+from torchseq.sources.remote import RetryPolicy
+from torchseq.stats import PipelineStats
 from torchseq.unique import Unique
 
 __version__ = "0.1.0"
@@ -24,13 +32,21 @@ __all__ = [
     "BatchMeter",
     "ConfigError",
     "Context",
+    "CorruptShardError",
     "DataError",
     "DataWarning",
     "Pipeline",
+    "PipelineStats",
+    "RemoteAccessError",
+    "RemoteError",
+    "RetryPolicy",
     "ShardNotFoundError",
+    "SkippedInput",
     "StateError",
+    "TooManyErrorsError",
     "Topology",
     "TorchseqError",
+    "UnknownFormatError",
     "Unique",
     "UnsafeContentError",
     "__version__",

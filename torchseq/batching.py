@@ -100,6 +100,7 @@ class Batch:
             packer = UniquePacker(self.unique, FixedSize(self.batch_size), slot.resume.get("unique"),
                                   planned_batches(ctx))
             slot.snapshot = lambda: {"unique": packer.snapshot()}
+            ctx.stats.register(packer.statistics)
             return _unique_stream(upstream, packer, self.drop_last)
         partial: list[Any] = decode_records(slot.resume.get("partial", []))
         live = [partial]
@@ -160,6 +161,7 @@ class _PooledBatcher:
             # (any per_batch records fit the budget) and its number of batches.
             limit = FixedSize(per_batch) if per_batch is not None else self.limit()
             live["packer"] = UniquePacker(self.unique, limit, slot.resume.get("unique"), planned_batches(ctx))
+            ctx.stats.register(live["packer"].statistics)
 
         def snapshot() -> dict[str, Any]:
             state = {

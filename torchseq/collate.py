@@ -113,7 +113,15 @@ class Collate:
         if pad_id is None:
             pad_id = self.tokenizer_stage.resolved_pad_id() if self.tokenizer_stage is not None else 0
         multiple = self.pad_to_multiple_of
+        tokens = {"real_tokens": 0, "padded_tokens": 0}  # for pipe.stats(): padding efficiency
+        ctx.stats.register(lambda: dict(tokens))
         for records in upstream:
             if not isinstance(records, list):
                 raise ConfigError("collate: expects batches; put .batch()/.bucket()/.batch_by_tokens() before it")
-            yield collate_records(records, pad_id, multiple)
+            batch = collate_records(records, pad_id, multiple)
+            for column in batch.values():
+                if isinstance(column, dict) and "attention_mask" in column:
+                    mask = column["attention_mask"]
+                    tokens["real_tokens"] += int(mask.sum())
+                    tokens["padded_tokens"] += mask.numel()
+            yield batch

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from torchseq.errors import ConfigError
+from torchseq.stats import NULL_STATS, StatsSink
 
 if TYPE_CHECKING:
     from torchseq.balance import Share
@@ -42,6 +43,8 @@ class Context:
         seed: the pipeline seed.
         share: this worker's part of a balanced epoch (records to read,
             batches to yield); ``None`` when the pipeline is not balanced.
+        stats: where stages register their counters (see :mod:`torchseq.stats`);
+            a sink that ignores them unless a pipeline is iterating.
     """
 
     rank: int = 0
@@ -51,6 +54,7 @@ class Context:
     epoch: int = 0
     seed: int = 0
     share: Share | None = None
+    stats: StatsSink = field(default=NULL_STATS, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:

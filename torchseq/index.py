@@ -35,8 +35,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from torchseq.errors import ErrorPolicy
-from torchseq.sources.base import ShardSource
+from torchseq.errors import RemoteError
+from torchseq.sources.base import ShardFault, ShardSource
 from torchseq.sources.spec import is_url
 
 INDEX_NAME = ".torchseq-index.json"
@@ -101,7 +101,7 @@ def _candidates(directory: str) -> list[str]:
     return [os.path.join(directory, INDEX_NAME), _cached_path(directory)]
 
 
-def _listing(directory: str) -> dict[str, str]:
+def _listing(directory: str, source: ShardSource) -> dict[str, str]:
     """``name -> key`` for the files of a directory, from one listing call."""
     if not is_url(directory):
         keys = {}
@@ -111,11 +111,12 @@ def _listing(directory: str) -> dict[str, str]:
                     stat = entry.stat()
                     keys[entry.name] = f"{stat.st_size}:{stat.st_mtime_ns}"
         return keys
-    from torchseq.sources.fs import filesystem_for
+    from torchseq.sources.remote import filesystem_for, with_retry
 
-    fs, _ = filesystem_for(directory)
+    fs = filesystem_for(directory, source.opener.storage_options)
+    listing = with_retry(directory, "listing", source.opener.retry, lambda: fs.ls(directory, detail=True))
     keys = {}
-    for info in fs.ls(directory, detail=True):
+    for info in listing:
         if info.get("type") == "directory":
             continue
         name = str(info["name"]).rstrip("/").rpartition("/")[2]
@@ -209,9 +210,19 @@ def _locked(directory: str) -> Iterator[None]:
 
 
 def count_items(source: ShardSource, path: str) -> int:
-    """Read one shard to the end and count the items its reader yields."""
-    policy = ErrorPolicy("raise" if source.on_error == "raise" else "skip")
-    return sum(1 for _ in source.items(path, 0, policy))
+    """Read one shard to the end and count the items its reader yields.
+
+    A shard that cannot be read on raises under ``on_error="raise"``; otherwise
+    the items before the fault are what the reader will deliver.
+    """
+    count = 0
+    try:
+        for _ in source.items(path, 0):
+            count += 1
+    except ShardFault as fault:
+        if source.on_error == "raise":
+            raise fault.error from None
+    return count
 
 
 def _lookup(
@@ -257,9 +268,9 @@ def _directory_counts(
     rebuild: bool,
 ) -> list[tuple[int, int]]:
     try:
-        keys: dict[str, str] = _listing(directory)
-    except (FileNotFoundError, NotADirectoryError):
-        keys = {}
+        keys: dict[str, str] = _listing(directory, source)
+    except (FileNotFoundError, NotADirectoryError, RemoteError):
+        keys = {}  # no listing (e.g. an HTTP server, or list permission denied): counts are not cached
     candidates = _candidates(directory)
 
     def known() -> tuple[list[tuple[int, int]], list[tuple[int, str]]]:

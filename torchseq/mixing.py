@@ -284,6 +284,7 @@ class MixSource:
             return state
 
         slot.snapshot = snapshot
+        ctx.stats.register(lambda: dict(counters))  # per-source deliveries in Pipeline.stats()
         if rng is not None:
             return self._records(children, rng, counters, ctx)
         return self._batches(children, live, counters, ctx)

@@ -18,14 +18,16 @@ from torchseq.balance import EpochPlan, batches_per_rank, check_policy, plan_epo
 from torchseq.batching import Batch, BucketBatch, TokenBudgetBatch
 from torchseq.collate import Collate
 from torchseq.context import Context, Topology, detect_topology
-from torchseq.errors import ConfigError, StateError, check_on_error
+from torchseq.errors import ConfigError, StateError
 from torchseq.guard import StepGuard
-from torchseq.records import TEXT_FIELDS, check_fields
+from torchseq.records import TEXT_FIELDS
 from torchseq.sampling import SamplePairs
 from torchseq.shuffle import BufferShuffle
 from torchseq.sources import JsonlSource, ShardSource, ShardSpec, WebDatasetSource
 from torchseq.sources.base import DEFAULT_MAX_RECORD_BYTES
+from torchseq.sources.remote import RetryPolicy
 from torchseq.state import Slot, State, check_field
+from torchseq.stats import PipelineStats, StatsTable
 from torchseq.tokenize import Tokenize, tokenizer_spec
 from torchseq.transform import Filter, Map
 from torchseq.unique import Unique, as_unique
@@ -92,6 +94,8 @@ class Pipeline(IterableDataset[Any]):
         self._epoch = torch.full((1,), epoch, dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
         self._resume: State | None = None
         self._run: _Run | None = None
+        # Shared memory as well: workers write their counters, stats() sums them.
+        self._stats = StatsTable()
 
     # ----------------------------------------------------------- building
     def _derive(self, **changes: Any) -> Pipeline:
@@ -286,6 +290,8 @@ class Pipeline(IterableDataset[Any]):
             ctx = dataclasses.replace(ctx, share=plan.share(ctx.rank, ctx.worker, ctx.num_workers))
         if resume:
             self._check_plan(resume.get("plan"), ctx)
+        stats = self._stats.writer(ctx.worker)
+        ctx = dataclasses.replace(ctx, stats=stats)
         slots = [Slot(s) for s in stage_states]
         guard = Slot(guard_state)
         self._run = _Run(ctx, slots, guard)
@@ -294,13 +300,31 @@ class Pipeline(IterableDataset[Any]):
             # Repeats, if ever needed, come from a fresh run of this worker's epoch.
             restart = lambda: self._chain(ctx, [Slot() for _ in slots])  # noqa: E731
             iterator = StepGuard()(iterator, ctx.share.num_batches, guard, restart, ctx.where())
-        return iterator
+        return stats.observe(iterator)
 
     def _chain(self, ctx: Context, slots: list[Slot]) -> Iterator[Any]:
         iterator = self._source(ctx, slots[0])
         for stage, slot in zip(self._stages, slots[1:], strict=True):
             iterator = stage(iterator, ctx, slot)
         return iterator
+
+    # ----------------------------------------------------------- statistics
+    def stats(self) -> PipelineStats:
+        """What this pipeline has done so far, summed over its DataLoader workers.
+
+        Records read, skipped inputs by reason (and the first of them with
+        their place), records per source, batches, padding efficiency,
+        throughput. Call it in the main process, e.g. every N steps of the
+        training loop; workers update it every fraction of a second and when
+        their iteration ends. Counts accumulate over epochs until
+        :meth:`reset_stats`. Under DDP each rank sees its own; gather
+        ``stats().as_dict()`` with ``all_gather_object`` for the total.
+        """
+        return self._stats.collect()
+
+    def reset_stats(self) -> None:
+        """Start counting from zero (call between epochs, while no worker iterates)."""
+        self._stats.reset()
 
     def _epoch_plan(self, ctx: Context, needed: bool = True) -> EpochPlan | None:
         """The balance plan of ``ctx.epoch``; ``None`` when off or not ``needed``.
@@ -478,15 +502,8 @@ def _plan_state(ctx: Context) -> dict[str, Any] | None:
     return {"policy": share.policy, "num_records": share.epoch_records, "quantum": share.quantum}
 
 
-def _reader(
-    cls: type[ShardSource],
-    spec: ShardSpec,
-    fields: Mapping[str, str] | None,
-    on_error: str,
-    max_record_bytes: int,
-) -> Pipeline:
-    source = cls(spec, check_fields(fields), check_on_error(on_error), None, max_record_bytes)
-    return Pipeline(source)
+def _reader(cls: type[ShardSource], spec: ShardSpec, **options: Any) -> Pipeline:
+    return Pipeline(cls.create(spec, **options))
 
 
 def read_jsonl(
@@ -495,21 +512,41 @@ def read_jsonl(
     on_error: str = "raise",
     *,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    max_errors: int | None = None,
+    max_error_rate: float | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
+    allow_pipe: bool = False,
+    name: str | None = None,
 ) -> Pipeline:
     """Stream pair records from JSON Lines shards (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``).
 
     Args:
-        spec: a path, URL, glob, brace range (``train-{00000..00007}.jsonl.gz``) or a list.
+        spec: a path, URL (``https://``, ``s3://``, ``gs://``), glob, brace range
+            (``train-{00000..00007}.jsonl.gz``) or a list of them.
         fields: map record fields to source keys, e.g. ``{"anchor": "question",
             "positive": "answer"}``; needed only for dicts of no known format.
-        on_error: ``"raise"`` (default), ``"skip"`` or ``"warn"`` for bad lines and shards.
-        max_record_bytes: longer lines are bad input.
+        on_error: ``"raise"`` (default), ``"skip"`` or ``"warn"`` for bad lines and shards;
+            skipped inputs are counted by reason in :meth:`Pipeline.stats`.
+        max_record_bytes: longer lines are bad input (and never read into memory whole).
+        max_errors: with skip/warn, stop when a worker skipped more inputs than this.
+        max_error_rate: with skip/warn, stop when a worker skipped more than this
+            fraction of its inputs (judged after 1,000 inputs and at the end).
+        storage_options: passed to ``fsspec.filesystem(protocol, **storage_options)``
+            for URLs, e.g. ``{"endpoint_url": ..., "key": ..., "secret": ...}`` for S3.
+        retry: how remote reads retry transient faults
+            (:class:`~torchseq.sources.remote.RetryPolicy`).
+        allow_pipe: allow ``pipe:COMMAND`` specs, which run a shell command.
+        name: label of this source in ``stats().sources``.
 
     Raises:
         ConfigError: invalid arguments (at once); data errors are raised while
             iterating, as :class:`~torchseq.errors.DataError` naming ``path:line``.
     """
-    return _reader(JsonlSource, spec, fields, on_error, max_record_bytes)
+    return _reader(JsonlSource, spec, fields=fields, on_error=on_error,
+                   max_record_bytes=max_record_bytes, max_errors=max_errors,
+                   max_error_rate=max_error_rate, storage_options=storage_options, retry=retry,
+                   allow_pipe=allow_pipe, name=name)
 
 
 def read_webdataset(
@@ -518,10 +555,20 @@ def read_webdataset(
     on_error: str = "raise",
     *,
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    max_errors: int | None = None,
+    max_error_rate: float | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
+    allow_pipe: bool = False,
+    name: str | None = None,
 ) -> Pipeline:
     """Stream pair records from WebDataset tar shards (``.tar``, ``.tar.gz``).
 
     Members per sample are described in :mod:`torchseq.sources.webdataset`;
-    pickle members are refused.
+    pickle members are refused. Arguments as for :func:`read_jsonl`;
+    ``max_record_bytes`` bounds the members of one sample together.
     """
-    return _reader(WebDatasetSource, spec, fields, on_error, max_record_bytes)
+    return _reader(WebDatasetSource, spec, fields=fields, on_error=on_error,
+                   max_record_bytes=max_record_bytes, max_errors=max_errors,
+                   max_error_rate=max_error_rate, storage_options=storage_options, retry=retry,
+                   allow_pipe=allow_pipe, name=name)

@@ -95,58 +95,111 @@ def check_fields(fields: Mapping[str, str] | None) -> dict[str, str] | None:
     return fields
 
 
+FORMATS = ("list", "fields", "anchor/positive", "texts", "query/pos/neg", "set")
+
+
+def detect_format(obj: Any, fields: Mapping[str, str] | None = None) -> str | None:
+    """Which of :data:`FORMATS` ``obj`` is in (``None``: none of them).
+
+    This is the single dispatch rule :func:`normalize` follows.
+    """
+    if type(obj) is list:
+        return "list"
+    if not isinstance(obj, dict):
+        return None
+    if fields is not None:
+        return "fields"
+    if "anchor" in obj and "positive" in obj:
+        return "anchor/positive"
+    if "texts" in obj:
+        return "texts"
+    if "query" in obj and "pos" in obj:
+        return "query/pos/neg"
+    if "set" in obj:
+        return "set"
+    return None
+
+
+def _from_fields(obj: dict[str, Any], fields: Mapping[str, str]) -> Record:
+    record: Record = {}
+    for target, key in fields.items():
+        if key not in obj:
+            raise RecordFormatError(f"missing field {key!r} (mapped to {target!r})", "missing field")
+        value = obj[key]
+        if target == "negatives":
+            record[target] = _texts(value, key)
+        elif target in ("anchor", "positive"):
+            record[target] = _text(value, key)
+        else:
+            record[target] = value
+    return _passthrough(obj, tuple(fields.values()), record)
+
+
+def _from_anchor_positive(obj: dict[str, Any]) -> Record:
+    record: Record = {
+        "anchor": _text(obj["anchor"], "anchor"),
+        "positive": _text(obj["positive"], "positive"),
+    }
+    if "negatives" in obj:
+        record["negatives"] = _texts(obj["negatives"], "negatives")
+    return _passthrough(obj, ("anchor", "positive", "negatives"), record)
+
+
+def _from_texts(obj: dict[str, Any]) -> Record:
+    texts = obj["texts"]
+    if not isinstance(texts, list):
+        raise RecordFormatError(f"field 'texts' must be a list, got {type(texts).__name__}", "wrong type")
+    return _passthrough(obj, ("texts",), _from_list(texts, "texts"))
+
+
+def _from_query(obj: dict[str, Any]) -> Record:
+    positives = _texts(obj["pos"], "pos")
+    if not positives:
+        raise RecordFormatError("field 'pos' is empty", "missing field")
+    record: Record = {"anchor": _text(obj["query"], "query"), "positive": positives[0]}
+    if len(positives) > 1:
+        record["positives"] = positives
+    negatives = _texts(obj.get("neg", []), "neg")
+    if negatives:
+        record["negatives"] = negatives
+    return _passthrough(obj, ("query", "pos", "neg"), record)
+
+
+def _from_set(obj: dict[str, Any]) -> Record:
+    texts = _texts(obj["set"], "set")
+    if len(texts) < 2:
+        raise RecordFormatError(f"field 'set' needs at least 2 texts, got {len(texts)}", "missing field")
+    record: Record = {"anchor": texts[0], "positive": texts[1], "set": texts}
+    return _passthrough(obj, ("set",), record)
+
+
 def normalize(obj: Any, fields: Mapping[str, str] | None = None) -> Record:
     """Turn one decoded JSON value into a record.
 
     Raises:
         RecordFormatError: the value is not a pair in any known format.
     """
-    if type(obj) is list:
+    if type(obj) is list:  # the common case first, without the dispatch
         return _from_list(obj, "list")
+    kind = detect_format(obj, fields)
+    if kind == "fields":
+        return _from_fields(obj, fields)  # type: ignore[arg-type]
+    if kind == "anchor/positive":
+        return _from_anchor_positive(obj)
+    if kind == "texts":
+        return _from_texts(obj)
+    if kind == "query/pos/neg":
+        return _from_query(obj)
+    if kind == "set":
+        return _from_set(obj)
     if not isinstance(obj, dict):
         raise RecordFormatError(
             f"expected a JSON list or object, got {type(obj).__name__}", "unknown format"
         )
-    if fields is not None:
-        record: Record = {}
-        for target, key in fields.items():
-            if key not in obj:
-                raise RecordFormatError(f"missing field {key!r} (mapped to {target!r})", "missing field")
-            value = obj[key]
-            if target == "negatives":
-                record[target] = _texts(value, key)
-            elif target in ("anchor", "positive"):
-                record[target] = _text(value, key)
-            else:
-                record[target] = value
-        return _passthrough(obj, tuple(fields.values()), record)
-    if "anchor" in obj and "positive" in obj:
-        record = {"anchor": _text(obj["anchor"], "anchor"), "positive": _text(obj["positive"], "positive")}
-        if "negatives" in obj:
-            record["negatives"] = _texts(obj["negatives"], "negatives")
-        return _passthrough(obj, ("anchor", "positive", "negatives"), record)
-    if "texts" in obj:
-        texts = obj["texts"]
-        if not isinstance(texts, list):
-            raise RecordFormatError(f"field 'texts' must be a list, got {type(texts).__name__}", "wrong type")
-        return _passthrough(obj, ("texts",), _from_list(texts, "texts"))
-    if "query" in obj and "pos" in obj:
-        positives = _texts(obj["pos"], "pos")
-        if not positives:
-            raise RecordFormatError("field 'pos' is empty", "missing field")
-        record = {"anchor": _text(obj["query"], "query"), "positive": positives[0]}
-        if len(positives) > 1:
-            record["positives"] = positives
-        negatives = _texts(obj.get("neg", []), "neg")
-        if negatives:
-            record["negatives"] = negatives
-        return _passthrough(obj, ("query", "pos", "neg"), record)
-    if "set" in obj:
-        texts = _texts(obj["set"], "set")
-        if len(texts) < 2:
-            raise RecordFormatError(f"field 'set' needs at least 2 texts, got {len(texts)}", "missing field")
-        record = {"anchor": texts[0], "positive": texts[1], "set": texts}
-        return _passthrough(obj, ("set",), record)
+    half = ("anchor" in obj) != ("positive" in obj)
+    if half:
+        missing = "positive" if "anchor" in obj else "anchor"
+        raise RecordFormatError(f"missing field {missing!r}", "missing field")
     keys = sorted(obj)[:8]
     raise RecordFormatError(
         f"unknown record format (keys {keys}); pass fields={{'anchor': ..., 'positive': ...}}",

@@ -178,6 +178,10 @@ class UniquePacker:
             "counters": {f"unique.{name}": value for name, value in self.counters.items()},
         }
 
+    def statistics(self) -> dict[str, int]:
+        """The counters, for ``Pipeline.stats()`` (``ctx.stats.register``)."""
+        return {f"unique.{name}": value for name, value in self.counters.items()}
+
     @property
     def holding(self) -> bool:
         """Whether records are held (a partial batch or deferred ones)."""

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 COMMANDS = {
     "demo": "torchseq.cli.demo",
     "index": "torchseq.cli.index",
+    "inspect": "torchseq.cli.inspect",
+    "convert": "torchseq.cli.convert",
     "pretokenize": "torchseq.cli.pretokenize",
 }
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import glob as globlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from braceexpand import braceexpand
 
@@ -16,19 +17,44 @@ _GLOB_CHARS = frozenset("*?[")
 
 
 def is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
+    return "://" in path and not path.startswith(("file://", "pipe:"))
 
 
-def _glob(pattern: str) -> list[str]:
+def _glob_part(path: str) -> str:
+    """The part of a path where glob characters mean a glob (not a URL's query or a command)."""
+    if path.startswith("pipe:"):
+        return ""
+    return path.split("?", 1)[0] if is_url(path) else path
+
+
+def _glob(pattern: str, storage_options: Mapping[str, Any] | None, retry: Any) -> list[str]:
     if is_url(pattern):
-        from torchseq.sources.fs import filesystem_for
+        from torchseq.sources.remote import RetryPolicy, glob_remote
 
-        fs, protocol = filesystem_for(pattern)
-        return sorted(f"{protocol}://{p}" if "://" not in p else p for p in fs.glob(pattern))
+        return glob_remote(pattern, storage_options, retry or RetryPolicy())
     return sorted(globlib.glob(pattern.removeprefix("file://")))
 
 
-def expand_spec(spec: ShardSpec) -> list[str]:
+def spec_items(spec: ShardSpec) -> list[str]:
+    """The spec as a list of strings, before brace and glob expansion.
+
+    Raises:
+        ConfigError: the spec is empty or of the wrong type.
+    """
+    if isinstance(spec, (str, os.PathLike)):
+        items: list[str] = [os.fspath(spec)]
+    elif isinstance(spec, Sequence):
+        items = [os.fspath(s) for s in spec]
+    else:
+        raise ConfigError(f"shard spec must be a path, URL or list of them, got {type(spec).__name__}")
+    if not items:
+        raise ConfigError("shard spec is an empty list: nothing to read; pass at least one path or URL")
+    return items
+
+
+def expand_spec(
+    spec: ShardSpec, storage_options: Mapping[str, Any] | None = None, retry: Any = None
+) -> list[str]:
     """Expand a spec into the ordered list of shard paths.
 
     Brace ranges (``train-{00000..00007}.jsonl.gz``) expand in order; globs
@@ -38,19 +64,11 @@ def expand_spec(spec: ShardSpec) -> list[str]:
         ConfigError: the spec is empty or of the wrong type.
         ShardNotFoundError: a glob matched nothing.
     """
-    if isinstance(spec, (str, os.PathLike)):
-        items: list[str] = [os.fspath(spec)]
-    elif isinstance(spec, Sequence):
-        items = [os.fspath(s) for s in spec]
-    else:
-        raise ConfigError(f"shard spec must be a path, URL or list of them, got {type(spec).__name__}")
-    if not items:
-        raise ConfigError("shard spec is an empty list: nothing to read")
     shards: list[str] = []
-    for item in items:
+    for item in spec_items(spec):
         for path in braceexpand(item):
-            if _GLOB_CHARS & set(path):
-                matched = _glob(path)
+            if _GLOB_CHARS & set(_glob_part(path)):
+                matched = _glob(path, storage_options, retry)
                 if not matched:
                     raise ShardNotFoundError(f"{path}: glob matched no shards")
                 shards.extend(matched)

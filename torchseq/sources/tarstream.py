@@ -11,10 +11,8 @@ ids each), so per-member overhead decides throughput. Profiled (under load),
   anything else (global pax or GNU long-name headers, base-256 sizes, truncation);
   the caller then re-reads the shard with :mod:`tarfile`, which either
   handles it or reports the precise error.
-* :func:`load_npy` parses each distinct ``.npy`` header once with
-  ``np.load(..., allow_pickle=False)`` and afterwards reads arrays with the
-  same header straight from the bytes. The result equals ``np.load``'s
-  (dtype, shape, values, writable).
+* :func:`npy_bytes` writes ``.npy`` members (what ``np.save`` writes, header
+  cached); reading them is :func:`torchseq.sources.webdataset.decode_npy`.
 """
 
 from __future__ import annotations
@@ -31,15 +29,18 @@ _REGULAR = frozenset({0x30, 0x00, 0x37})  # '0', NUL (old tar), '7' (contiguous)
 _DIRECTORY = 0x35  # '5'
 _PAX = 0x78  # 'x': pax extended header of the next member
 _MAX_CACHED_HEADERS = 4096
-_NPY_HEADERS: dict[bytes, tuple[np.dtype[Any], tuple[int, ...], int, int]] = {}
 
 
 class UnsupportedTar(Exception):
     """Internal: this shard needs :mod:`tarfile` (unusual header or damage)."""
 
 
-def plain_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
+def plain_members(stream: IO[bytes], *, strict_end: bool = False) -> Iterator[tuple[str, bytes]]:
     """Yield ``(name, payload)`` for the regular files of an uncompressed tar stream.
+
+    With ``strict_end`` the archive must end with a zero block followed by
+    nothing but zeros (else :class:`UnsupportedTar`, so that the caller's
+    :mod:`tarfile` path reports the damage).
 
     Raises:
         UnsupportedTar: a header this reader does not handle, or a truncated archive.
@@ -50,10 +51,14 @@ def plain_members(stream: IO[bytes]) -> Iterator[tuple[str, bytes]]:
     while True:
         header = read(_BLOCK)
         if len(header) < _BLOCK:
-            if not header:
+            if not header and not strict_end:
                 return
             raise UnsupportedTar("truncated header")
         if header == _END:
+            if strict_end:
+                while chunk := read(1 << 16):
+                    if chunk.count(0) != len(chunk):
+                        raise UnsupportedTar("data after the end-of-archive marker")
             return
         size_field = header[124:136]
         if size_field[0] & 0x80:
@@ -122,33 +127,6 @@ def _pax_fields(data: bytes) -> tuple[bytes | None, int | None]:
             raise UnsupportedTar(f"pax {key.decode()!r}")
         position += length
     return name, size
-
-
-def load_npy(data: bytes) -> np.ndarray[Any, Any]:
-    """``np.load(io.BytesIO(data), allow_pickle=False)``, fast for headers seen before.
-
-    Raises:
-        ValueError: as ``np.load`` does for malformed or pickled content.
-    """
-    header = b""
-    if data[:6] == b"\x93NUMPY":
-        if data[6] == 1:
-            start = 10 + int.from_bytes(data[8:10], "little")
-        else:
-            start = 12 + int.from_bytes(data[8:12], "little")
-        header = data[:start]
-        cached = _NPY_HEADERS.get(header)
-        if cached is not None:
-            dtype, shape, count, offset = cached
-            if len(data) - offset < count * dtype.itemsize:
-                raise ValueError(f"array data is truncated ({len(data) - offset} bytes)")
-            loaded: np.ndarray[Any, Any] = np.frombuffer(data, dtype, count, offset).reshape(shape).copy()
-            return loaded
-    array: np.ndarray[Any, Any] = np.load(io.BytesIO(data), allow_pickle=False)
-    if header and array.ndim <= 1 and len(_NPY_HEADERS) < _MAX_CACHED_HEADERS:
-        # Only 1-D (and scalar) layouts, where C and Fortran order agree.
-        _NPY_HEADERS[header] = (array.dtype, array.shape, array.size, start)
-    return array
 
 
 _NPY_WRITE_HEADERS: dict[tuple[str, int], bytes] = {}

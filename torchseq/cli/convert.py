@@ -1,0 +1,54 @@
+"""``torchseq convert``: JSON Lines (.jsonl, .jsonl.gz) <-> WebDataset tar shards."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from torchseq.cli.options import add_reader_options, reader_options
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "convert",
+        help="convert shards between JSON Lines and WebDataset tar",
+        description=(
+            "Reads shards with torchseq's readers (any supported record format) and writes "
+            "normalised records: JSON Lines (.jsonl, .jsonl.gz, .jsonl.zst) or WebDataset tar "
+            "(.tar, .tar.gz; KEY.json members, written with webdataset.TarWriter). The output "
+            "format follows OUT's suffix. OUT is one file, or a pattern such as "
+            "out/train-%%05d.tar: one output shard per input shard, or per "
+            "--records-per-shard records."
+        ),
+    )
+    parser.add_argument("spec", nargs="+", help="input shards: paths, globs, brace ranges or URLs")
+    parser.add_argument("out", help="output file or %%-pattern (out/train-%%05d.tar)")
+    parser.add_argument("--records-per-shard", type=int, help="re-shard: records per output shard")
+    parser.add_argument("--on-error", choices=["raise", "skip", "warn"], default="raise",
+                        help="bad input: stop (default), or skip and count it")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_reader_options(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from torchseq.convert import convert, format_convert_report
+    from torchseq.errors import TorchseqError
+
+    try:
+        report = convert(
+            args.spec,
+            args.out,
+            records_per_shard=args.records_per_shard,
+            on_error=args.on_error,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            **reader_options(args),
+        )
+    except TorchseqError as exc:
+        print(f"torchseq convert: {exc}", file=sys.stderr)
+        return 1
+    print(format_convert_report(report))
+    return 0
