@@ -41,14 +41,17 @@ def runs(tmp_path_factory, tokenizer_file) -> list[dict[str, Any]]:
         start += size
     config = directory / "config.json"
     config.write_text(json.dumps({"shards": shards, "tokenizer": tokenizer_file, "runs": list(RUNS.values())}))
-    results = []
-    for hash_seed in ("1", "2"):  # two processes, differently salted hashes
+    procs = []
+    for hash_seed in ("1", "2"):  # two processes at once, differently salted hashes
         env = {"PYTHONPATH": str(REPO), "PYTHONHASHSEED": hash_seed, "TOKENIZERS_PARALLELISM": "false",
                "PATH": __import__("os").environ.get("PATH", "")}
-        done = subprocess.run([sys.executable, str(SCRIPT), str(config)], env=env,
-                              capture_output=True, text=True, timeout=240)
-        assert done.returncode == 0, done.stderr[-4000:]
-        results.append(dict(zip(RUNS, json.loads(done.stdout), strict=True)))
+        procs.append(subprocess.Popen([sys.executable, str(SCRIPT), str(config)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-4000:]
+        results.append(dict(zip(RUNS, json.loads(out), strict=True)))
     return results
 
 
