@@ -161,3 +161,35 @@ def test_npy_bytes_is_what_np_save_writes() -> None:
         buffer = io.BytesIO()
         np.save(buffer, np.arange(n, dtype=np.uint16))
         assert npy_bytes(np.arange(n, dtype=np.uint16)) == buffer.getvalue()
+
+
+@pytest.mark.parametrize("nonzero", [0, 100, 256, 257, 512])
+def test_header_checksum_equals_the_plain_byte_sum(nonzero: int) -> None:
+    from torchseq.sources.tarstream import _header_sum
+
+    rng = np.random.default_rng(nonzero)
+    for _ in range(200):
+        header = np.zeros(512, dtype=np.uint8)
+        where = rng.choice(512, size=nonzero, replace=False)
+        header[where] = rng.integers(1, 256, size=nonzero)  # up to 512 x 255: past adler32's modulus
+        raw = header.tobytes()
+        assert _header_sum(raw) == 256 + sum(raw[:148]) + sum(raw[156:])
+
+
+def test_npy_decoding_checks_every_member_against_its_cached_header() -> None:
+    from torchseq.records import RecordFormatError
+    from torchseq.sources.webdataset import decode_npy
+
+    for array in (np.arange(7, dtype=np.uint16), np.arange(12, dtype="<i4").reshape(3, 4),
+                  np.asfortranarray(np.arange(12, dtype="<i8").reshape(3, 4)), np.array(5, dtype=np.uint8)):
+        data = io.BytesIO()
+        np.save(data, array, allow_pickle=False)
+        raw = data.getvalue()
+        for _ in range(2):  # parsed, then from the cache
+            got = decode_npy(raw)
+            assert got.dtype == array.dtype and got.shape == array.shape and (got == array).all()
+        # Same header (so a cache hit), wrong amount of data: still refused.
+        with pytest.raises(RecordFormatError, match="header says"):
+            decode_npy(raw[:-1])
+        with pytest.raises(RecordFormatError, match="header says"):
+            decode_npy(raw + b"\0")

@@ -19,6 +19,7 @@ ids each), so per-member overhead decides throughput. Profiled (under load),
 from __future__ import annotations
 
 import io
+import zlib
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -67,7 +68,7 @@ def plain_members(stream: IO[bytes], *, strict_end: bool = False) -> Iterator[tu
             checksum = int(header[148:156].strip(b"\0 ") or b"-1", 8)
         except ValueError:
             raise UnsupportedTar("bad checksum field") from None
-        if checksum != 256 + sum(header[:148]) + sum(header[156:]):
+        if checksum != _header_sum(header):
             raise UnsupportedTar("header checksum mismatch")
         size_field = header[124:136]
         if size_field[0] & 0x80:
@@ -107,6 +108,21 @@ def plain_members(stream: IO[bytes], *, strict_end: bool = False) -> Iterator[tu
         else:
             raise UnsupportedTar(f"header type {chr(flag)!r}")
         pax_name = pax_size = None
+
+
+def _header_sum(header: bytes) -> int:
+    """The tar header checksum: 256 plus the sum of the header's bytes outside the checksum field.
+
+    ``sum(header)`` costs ~4 µs in Python, and a pre-tokenized pair has four
+    headers. ``zlib.adler32`` gives the byte sum modulo 65521 in C; it is the
+    exact sum whenever at most 256 bytes are non-zero (the sum is then below
+    65521), which holds for the headers TarWriter writes. Otherwise: ``sum``.
+    """
+    if _BLOCK - header.count(0) <= 256:
+        total = (zlib.adler32(header) - 1) & 0xFFFF
+    else:
+        total = sum(header)
+    return 256 + total - sum(header[148:156])
 
 
 def _pax_fields(data: bytes) -> tuple[bytes | None, int | None]:

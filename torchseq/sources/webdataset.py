@@ -68,19 +68,44 @@ _NPY_HEADER = re.compile(
 )
 
 
+_NpyLayout = tuple[np.dtype[Any], tuple[int, ...], int, str]
+_NPY_LAYOUTS: dict[bytes, _NpyLayout] = {}
+_MAX_NPY_LAYOUTS = 4096
+
+
 def decode_npy(data: bytes) -> np.ndarray:
     """A ``.npy`` member as an array, or :class:`RecordFormatError`; never unpickles.
 
     Only version 1/2 headers in the exact form ``numpy.save`` writes, with a
-    plain numeric dtype, and a data length that matches the shape.
+    plain numeric dtype, and a data length that matches the shape. A header
+    is parsed once and its layout cached by its bytes: pre-tokenized shards
+    repeat a few hundred distinct headers (one per dtype and length).
     """
     if data[:6] != b"\x93NUMPY" or len(data) < 10 or data[6] not in (1, 2):
         raise RecordFormatError("not an .npy array (bad magic or version)", "invalid npy")
     if data[6] == 1:
-        start, length = 10, int.from_bytes(data[8:10], "little")
+        body = 10 + int.from_bytes(data[8:10], "little")
     else:
-        start, length = 12, int.from_bytes(data[8:12], "little")
-    match = _NPY_HEADER.fullmatch(data[start : start + length])
+        body = 12 + int.from_bytes(data[8:12], "little")
+    header = data[:body]
+    layout = _NPY_LAYOUTS.get(header)
+    if layout is None:
+        layout = _npy_layout(header, 10 if data[6] == 1 else 12)
+        if len(_NPY_LAYOUTS) < _MAX_NPY_LAYOUTS:
+            _NPY_LAYOUTS[header] = layout
+    dtype, shape, count, order = layout
+    if len(data) - body != count * dtype.itemsize:
+        raise RecordFormatError(
+            f".npy data holds {len(data) - body} bytes, its header says {count * dtype.itemsize}",
+            "invalid npy",
+        )
+    flat: np.ndarray = np.frombuffer(data, dtype=dtype, count=count, offset=body)
+    return flat if len(shape) == 1 else flat.reshape(shape, order=order)  # type: ignore[call-overload]
+
+
+def _npy_layout(header: bytes, start: int) -> _NpyLayout:
+    """Dtype, shape, element count and order from a ``.npy`` header (magic and length included)."""
+    match = _NPY_HEADER.fullmatch(header, start)
     if match is None:
         raise RecordFormatError("unsupported .npy header (plain numeric arrays only)", "invalid npy")
     dtype = np.dtype(match.group(1).decode())
@@ -88,14 +113,7 @@ def decode_npy(data: bytes) -> np.ndarray:
     count = 1
     for n in shape:
         count *= n
-    body = start + length
-    if len(data) - body != count * dtype.itemsize:
-        raise RecordFormatError(
-            f".npy data holds {len(data) - body} bytes, its header says {count * dtype.itemsize}",
-            "invalid npy",
-        )
-    flat: np.ndarray = np.frombuffer(data, dtype=dtype, count=count, offset=body)
-    return flat.reshape(shape, order="F" if match.group(2) == b"True" else "C")
+    return dtype, shape, count, "F" if match.group(2) == b"True" else "C"
 
 
 def _member_error(message: str, reason: str, place: str) -> RecordFormatError:
