@@ -11,6 +11,7 @@ tail exactly (ids and order).
 from __future__ import annotations
 
 import io
+import itertools
 import pickle
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,16 +41,18 @@ def weights_only_roundtrip(state: dict[str, Any]) -> dict[str, Any]:
     return loaded
 
 
-def run(make: Callable[[], Any], num_workers: int, epoch: int = 0) -> list[Any]:
+def run(make: Callable[[], Any], num_workers: int, epoch: int = 0, limit: int | None = None) -> list[Any]:
+    """The batches of an uninterrupted run (the first ``limit`` of them, for endless pipelines)."""
     pipe = make()
     pipe.set_epoch(epoch)
-    return [fingerprint(b) for b in StatefulDataLoader(pipe, batch_size=None, num_workers=num_workers)]
+    loader = StatefulDataLoader(pipe, batch_size=None, num_workers=num_workers)
+    return [fingerprint(b) for b in itertools.islice(loader, limit)]
 
 
 def resume_after(
-    make: Callable[[], Any], num_workers: int, cut: int, epoch: int = 0
+    make: Callable[[], Any], num_workers: int, cut: int, epoch: int = 0, limit: int | None = None
 ) -> tuple[list[Any], dict[str, Any]]:
-    """Batches delivered after resuming from a state taken at ``cut`` batches."""
+    """Batches delivered after resuming from a state taken at ``cut`` batches (at most ``limit``)."""
     pipe = make()
     pipe.set_epoch(epoch)
     loader = StatefulDataLoader(pickle.loads(pickle.dumps(pipe)), batch_size=None, num_workers=num_workers)
@@ -60,7 +63,7 @@ def resume_after(
     del iterator, loader
     fresh = StatefulDataLoader(make(), batch_size=None, num_workers=num_workers)
     fresh.load_state_dict(state)
-    return [fingerprint(b) for b in fresh], state
+    return [fingerprint(b) for b in itertools.islice(fresh, limit)], state
 
 
 def check_resume(

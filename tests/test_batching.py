@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torchseq as ts
-from torchseq.batching import BucketBatch, TokenBudgetBatch, padded_tokens, real_tokens
+from torchseq.batching import BucketBatch, TokenBudgetBatch
+from torchseq.lengths import padded_tokens, real_tokens
 
 
 def efficiency(batches: list[list[dict[str, Any]]]) -> float:

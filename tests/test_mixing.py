@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from conftest import write_jsonl
 from launch import torchrun
-from resume import check_resume
+from resume import check_resume, resume_after, run
 from torch.utils.data import DataLoader
 
 import torchseq as ts
@@ -291,32 +291,10 @@ def test_resume_batch_level_cycling(sources: dict[str, list[str]], tokenizer_fil
     def make() -> ts.Pipeline:
         return _batch_mix(sources, tokenizer_file, "never")
 
-    full = _take(make(), num_workers, 150)
+    full = run(make, num_workers, limit=150)
     for cut in (0, 1, 77, 149):
-        assert _take_after(make, num_workers, cut, 150 - cut) == full[cut:], f"cut {cut}"
-
-
-def _take(pipe: ts.Pipeline, num_workers: int, n: int) -> list[Any]:
-    from resume import fingerprint
-    from torchdata.stateful_dataloader import StatefulDataLoader
-
-    loader = StatefulDataLoader(pipe, batch_size=None, num_workers=num_workers)
-    return [fingerprint(b) for b in itertools.islice(iter(loader), n)]
-
-
-def _take_after(make: Any, num_workers: int, cut: int, n: int) -> list[Any]:
-    from resume import fingerprint, weights_only_roundtrip
-    from torchdata.stateful_dataloader import StatefulDataLoader
-
-    loader = StatefulDataLoader(make(), batch_size=None, num_workers=num_workers)
-    iterator = iter(loader)
-    for _ in range(cut):
-        next(iterator)
-    state = weights_only_roundtrip(loader.state_dict())
-    del iterator, loader
-    fresh = StatefulDataLoader(make(), batch_size=None, num_workers=num_workers)
-    fresh.load_state_dict(state)
-    return [fingerprint(b) for b in itertools.islice(iter(fresh), n)]
+        rest, _ = resume_after(make, num_workers, cut, limit=150 - cut)
+        assert rest == full[cut:], f"cut {cut}"
 
 
 def test_resume_checks_sources(sources: dict[str, list[str]]) -> None:

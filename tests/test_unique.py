@@ -14,8 +14,8 @@ from resume import check_resume
 from torch.utils.data import DataLoader
 
 import torchseq as ts
-from torchseq.batching import column_lengths, padded_tokens
 from torchseq.errors import ConfigError
+from torchseq.lengths import column_lengths, padded_tokens
 from torchseq.meter import pipeline_counters
 from torchseq.unique import Unique, normalize_text
 

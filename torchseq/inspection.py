@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from torchseq.batching import Batch, BucketBatch, TokenBudgetBatch, padded_tokens, real_tokens
+from torchseq.batching import Batch, BucketBatch, TokenBudgetBatch
 from torchseq.context import Context
 from torchseq.errors import SKIP_HINT, SkippedInput, TorchseqError, data_error
+from torchseq.lengths import padded_tokens, real_tokens
 from torchseq.records import TEXT_FIELDS, Record, RecordFormatError, detect_format
 from torchseq.sources import JsonlSource, WebDatasetSource
 from torchseq.sources.base import ShardFault, ShardSource, decode_json

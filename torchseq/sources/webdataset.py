@@ -39,7 +39,7 @@ import io
 import os
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,6 +167,51 @@ class _Tail(io.RawIOBase):
         return True
 
 
+class _Samples:
+    """Groups a tar's members into samples, as webdataset does: consecutive members sharing a key.
+
+    Yields ``(index, (key, {ext: payload}, oversize))`` for the samples after
+    the first ``skip``; the payloads of skipped samples are never fetched.
+    ``oversize`` is ``(ext, bytes so far)`` for a sample over ``limit`` bytes
+    (its payloads are dropped). ``done`` counts the samples completed so far.
+    """
+
+    def __init__(self, skip: int, limit: int) -> None:
+        self.skip = skip
+        self.limit = limit
+        self.done = 0
+
+    def group(
+        self, entries: Iterable[tuple[str, int, Any]], fetch: Callable[[Any], bytes]
+    ) -> Iterator[tuple[int, Any]]:
+        """``entries`` are ``(member name, size, handle)``; ``fetch(handle)`` gives the payload."""
+        skip, limit = self.skip, self.limit
+        key: str | None = None
+        members: dict[str, bytes] = {}
+        oversize: tuple[str, int] | None = None
+        size = 0
+        for name, length, handle in entries:
+            base, ext = _split_name(name)
+            if base is None or base.startswith("__") or ext is None:
+                continue
+            if base != key:
+                if key is not None:
+                    self.done += 1
+                    if self.done > skip:
+                        yield self.done, (key, members, oversize)
+                key, members, oversize, size = base, {}, None, 0
+            if self.done + 1 > skip and oversize is None:
+                size += length
+                if size > limit:
+                    oversize, members = (ext, size), {}
+                else:
+                    members[ext] = fetch(handle)
+        if key is not None:
+            self.done += 1
+            if self.done > skip:
+                yield self.done, (key, members, oversize)
+
+
 @dataclass(frozen=True)
 class WebDatasetSource(ShardSource):
     """Samples of WebDataset tar shards.
@@ -231,86 +276,49 @@ class WebDatasetSource(ShardSource):
 
     def _plain_items(self, path: str, skip: int) -> Iterator[tuple[int, Any]]:
         """``items`` for a local uncompressed tar through the fast member reader."""
-        index = 0
-        key: str | None = None
-        members: dict[str, bytes] = {}
-        oversize: tuple[str, int] | None = None
-        size = 0
-        limit = self.max_record_bytes
+        samples = _Samples(skip, self.max_record_bytes)
         with open(path, "rb", buffering=1 << 20) as stream:
-            for name, data in plain_members(stream, strict_end=True):
-                base, ext = _split_name(name)
-                if base is None or base.startswith("__") or ext is None:
-                    continue
-                if base != key:
-                    if key is not None:
-                        index += 1
-                        if index > skip:
-                            yield index, (key, members, oversize)
-                    key, members, oversize, size = base, {}, None, 0
-                if index + 1 > skip and oversize is None:
-                    size += len(data)
-                    if size > limit:
-                        oversize, members = (ext, size), {}
-                    else:
-                        members[ext] = data
-            if key is not None:
-                index += 1
-                if index > skip:
-                    yield index, (key, members, oversize)
+            entries = ((name, len(data), data) for name, data in plain_members(stream, strict_end=True))
+            yield from samples.group(entries, bytes)
 
     def _tarfile_items(self, path: str, skip: int) -> Iterator[tuple[int, Any]]:
-        index = 0
+        samples = _Samples(skip, self.max_record_bytes)
         member = "(first header)"
+
+        def entries(tar: Any, tail: _Tail) -> Iterator[tuple[str, int, Any]]:
+            nonlocal member
+            last = "(none)"
+            while True:
+                member = f"(header at byte {tar.offset})"
+                info = tar.next()
+                if info is None:
+                    break
+                tar.members = []  # streaming mode would keep every TarInfo otherwise
+                member = last = info.name
+                if info.isreg():
+                    yield info.name, info.size, info
+            # Before the last sample goes out: a corrupt header may have cut it short.
+            self._check_end(path, tail, tar.offset, last)
+
+        def fetch(tar: Any) -> Any:
+            def read(info: tarfile.TarInfo) -> bytes:
+                handle = tar.extractfile(info)
+                return handle.read() if handle is not None else b""
+            return read
+
         try:
             with open_shard(path, self.opener) as stream:
                 head = stream.peek(512)[:512]
                 self._check_head(path, head)
                 tail = _Tail(stream)
                 tar: Any = tarfile.open(fileobj=tail, mode="r|")
-                limit = self.max_record_bytes
-                key: str | None = None
-                members: dict[str, bytes] = {}
-                oversize: tuple[str, int] | None = None
-                size = 0
-                last = "(none)"
-                while True:
-                    member = f"(header at byte {tar.offset})"
-                    info = tar.next()
-                    if info is None:
-                        break
-                    tar.members = []  # streaming mode would keep every TarInfo otherwise
-                    member = last = info.name
-                    if not info.isreg():
-                        continue
-                    base, ext = base_plus_ext(info.name)
-                    if base is None or base.startswith("__") or ext is None:
-                        continue
-                    if base != key:
-                        if key is not None:
-                            index += 1
-                            if index > skip:
-                                yield index, (key, members, oversize)
-                        key, members, oversize, size = base, {}, None, 0
-                    if index + 1 > skip and oversize is None:
-                        size += info.size
-                        if size > limit:
-                            oversize, members = (ext, size), {}
-                        else:
-                            handle = tar.extractfile(info)
-                            members[ext] = handle.read() if handle is not None else b""
-                # Before the last sample goes out: a corrupt header may have cut it short.
-                self._check_end(path, tail, tar.offset, last)
-                if key is not None:
-                    index += 1
-                    if index > skip:
-                        yield index, (key, members, oversize)
+                yield from samples.group(entries(tar, tail), fetch(tar))
         except TorchseqError as exc:
             raise ShardFault(exc, path) from None
         except _TAR_ERRORS as exc:
             place = f"{path}::{member}"
             error = CorruptShardError(
-                f"{place}: corrupt or truncated tar ({type(exc).__name__}: {exc}); the {index} "
+                f"{place}: corrupt or truncated tar ({type(exc).__name__}: {exc}); the {samples.done} "
                 "sample(s) before it were read, the rest of the shard is lost: re-write or "
                 "re-download the shard"
             )
