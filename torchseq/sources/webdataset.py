@@ -451,13 +451,16 @@ def _decode_token_sample(path: str, key: str, members: dict[str, bytes]) -> Reco
     Gives the record the general decoder would give: ``{"tokens": ..., "__key__": key}``.
     """
     tokens: dict[str, Any] = {}
+    negatives = False
     for ext, data in members.items():
-        if not ext.endswith(".npy") or ext.count(".") > 2:
+        dots = ext.count(".")
+        if dots > 2 or not ext.endswith(".npy"):
             return None
+        negatives = negatives or dots == 2  # "negatives.<k>.npy"
         tokens[ext[:-4]] = _npy_member(path, key, ext, data)
     if not tokens:
         return None
-    return {"tokens": _gather_negatives(tokens), "__key__": key}
+    return {"tokens": _gather_negatives(tokens) if negatives else tokens, "__key__": key}
 
 
 def _split_name(name: str) -> tuple[str | None, str | None]:
