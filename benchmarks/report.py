@@ -72,9 +72,26 @@ def padding_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def ceiling_table(ceiling: dict[str, Any]) -> str:
+    runs = {name: ", ".join(f"{s:.3f}" for s in values) for name, values in ceiling["times"].items()}
+    lines = [f"{ceiling['pairs']:,} pairs in {ceiling['batches']} batches per epoch, 2 workers.", "",
+             "| loader, 2 workers | median s | pairs/s | x on the fly (2 workers) | runs (s) |",
+             "|---|---|---|---|---|"]
+    on_the_fly = ceiling.get("on_the_fly_2w_seconds")
+    for name, label in (("ceiling", "ready batches from memory (no work)"),
+                        ("pretokenized", "torchseq pretokenized -> bucket -> collate")):
+        median = ceiling["medians"][name]
+        ratio = f"{on_the_fly / median:.1f}" if on_the_fly else "-"
+        lines.append(f"| {label} | {median:.3f} | {ceiling['pairs_per_s'][name]:,.0f} | {ratio} | {runs[name]} |")
+    if on_the_fly:
+        lines.append(f"| torchseq on the fly (median of results.json) | {on_the_fly:.3f} | "
+                     f"{ceiling['pairs'] / on_the_fly:,.0f} | 1.0 | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     for name, render in (("results.json", compare_tables), ("overhead.json", overhead_tables),
-                         ("padding.json", padding_table)):
+                         ("padding.json", padding_table), ("ceiling.json", ceiling_table)):
         path = HERE / name
         if path.exists():
             print(f"<!-- {name} -->")
