@@ -60,9 +60,16 @@ def main() -> None:
     shards = JSONL_SHARDS[: args.time_shards]
     batches = list(make_torchseq_pretokenized(shards, 0))
     pairs = sum(batch_size_of(b) for b in batches)
-    times: dict[str, list[float]] = {"ceiling": [], "pretokenized": []}
+    times: dict[str, list[float]] = {"floor": [], "ceiling": [], "pretokenized": []}
     for _ in range(args.rounds):
         for name in times:
+            if name == "floor":  # as many items, each an int: the DataLoader alone
+                start = time.perf_counter()
+                items = sum(1 for _ in DataLoader(ServeBatches(list(range(len(batches)))), batch_size=None,
+                                                  num_workers=2))
+                times[name].append(time.perf_counter() - start)
+                assert items == len(batches)
+                continue
             loader = (DataLoader(ServeBatches(batches), batch_size=None, num_workers=2) if name == "ceiling"
                       else make_torchseq_pretokenized(shards, 2))
             seconds, delivered = epoch_seconds(loader)
@@ -70,7 +77,7 @@ def main() -> None:
             times[name].append(seconds)
     medians = {name: statistics.median(values) for name, values in times.items()}
     result: dict[str, Any] = {"pairs": pairs, "batches": len(batches), "times": times, "medians": medians,
-                              "pairs_per_s": {name: pairs / m for name, m in medians.items()}}
+                              "pairs_per_s": {name: pairs / m for name, m in medians.items() if name != "floor"}}
     compare = HERE / "results.json"
     if compare.exists():
         runs = json.loads(compare.read_text())

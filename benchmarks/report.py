@@ -78,11 +78,16 @@ def ceiling_table(ceiling: dict[str, Any]) -> str:
              "| loader, 2 workers | median s | pairs/s | x on the fly (2 workers) | runs (s) |",
              "|---|---|---|---|---|"]
     on_the_fly = ceiling.get("on_the_fly_2w_seconds")
-    for name, label in (("ceiling", "ready batches from memory (no work)"),
-                        ("pretokenized", "torchseq pretokenized -> bucket -> collate")):
+    labels = {"floor": f"{ceiling['batches']} ints, no tensors (the DataLoader alone)",
+              "ceiling": "ready batches from memory (no work)",
+              "pretokenized": "torchseq pretokenized -> bucket -> collate"}
+    for name, label in labels.items():
+        if name not in ceiling["medians"]:
+            continue
         median = ceiling["medians"][name]
         ratio = f"{on_the_fly / median:.1f}" if on_the_fly else "-"
-        lines.append(f"| {label} | {median:.3f} | {ceiling['pairs_per_s'][name]:,.0f} | {ratio} | {runs[name]} |")
+        rate = f"{ceiling['pairs_per_s'][name]:,.0f}" if name in ceiling["pairs_per_s"] else "-"
+        lines.append(f"| {label} | {median:.3f} | {rate} | {ratio} | {runs[name]} |")
     if on_the_fly:
         lines.append(f"| torchseq on the fly (median of results.json) | {on_the_fly:.3f} | "
                      f"{ceiling['pairs'] / on_the_fly:,.0f} | 1.0 | |")
