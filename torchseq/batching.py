@@ -25,7 +25,7 @@ from torchseq.lengths import (
 )
 from torchseq.records import Record
 from torchseq.shuffle import restore_rng
-from torchseq.state import Slot, decode_records, encode_records
+from torchseq.state import Slot, SnapshotEncoder, decode_records, encode_records
 from torchseq.unique import NEW, Limit, Unique, UniquePacker, planned_batches
 
 
@@ -120,12 +120,15 @@ class _PooledBatcher:
             live["packer"] = UniquePacker(self.unique, limit, slot.resume.get("unique"), planned_batches(ctx))
             ctx.stats.register(live["packer"].statistics)
 
+        encoder = SnapshotEncoder()
+
         def snapshot() -> dict[str, Any]:
             state = {
-                "pool": encode_records(live["pool"]),
-                "ready": [encode_records(b) for b in live["ready"]],
+                "pool": encoder.encode(live["pool"]),
+                "ready": [encoder.encode(b) for b in live["ready"]],
                 "rng": rng.getstate(),
             }
+            encoder.done()
             if live["packer"] is not None:
                 state["unique"] = live["packer"].snapshot()
             return state

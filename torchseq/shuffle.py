@@ -9,7 +9,7 @@ from typing import Any
 
 from torchseq.context import Context, derive_seed
 from torchseq.errors import ConfigError
-from torchseq.state import Slot, decode_records, encode_records
+from torchseq.state import Slot, SnapshotEncoder, decode_records
 
 
 def restore_rng(rng: random.Random, state: Any) -> None:
@@ -41,7 +41,14 @@ class BufferShuffle:
         buffer: list[Any] = decode_records(slot.resume.get("buffer", []))
         if "rng" in slot.resume:
             restore_rng(rng, slot.resume["rng"])
-        slot.snapshot = lambda: {"buffer": encode_records(buffer), "rng": rng.getstate()}
+        encoder = SnapshotEncoder()
+
+        def snapshot() -> dict[str, Any]:
+            state = {"buffer": encoder.encode(buffer), "rng": rng.getstate()}
+            encoder.done()
+            return state
+
+        slot.snapshot = snapshot
         return self._shuffle(upstream, buffer, rng)
 
     def _shuffle(self, upstream: Iterator[Any], buffer: list[Any], rng: random.Random) -> Iterator[Any]:

@@ -35,7 +35,7 @@ from typing import Any, Literal, Protocol
 from torchseq.context import Context
 from torchseq.errors import ConfigError
 from torchseq.records import Record
-from torchseq.state import State, decode_records, encode_records
+from torchseq.state import SnapshotEncoder, State, decode_records
 
 Leftover = Literal["smaller", "duplicates", "drop"]
 LEFTOVER_CHOICES = ("smaller", "duplicates", "drop")
@@ -153,6 +153,7 @@ class UniquePacker:
         self.options = options
         self.limit = limit
         self.planned = planned
+        self._encoder = SnapshotEncoder()
         resume = resume or {}
         self.emitted = int(resume.get("emitted", 0))
         self.current: list[Record] = []
@@ -170,13 +171,16 @@ class UniquePacker:
 
     # ----------------------------------------------------------- state
     def snapshot(self) -> State:
-        return {
-            "current": encode_records(self.current),
-            "deferred": encode_records(self.deferred),
-            "ready": [encode_records(b) for b in self.ready],
+        encoder = self._encoder
+        state = {
+            "current": encoder.encode(self.current),
+            "deferred": encoder.encode(self.deferred),
+            "ready": [encoder.encode(b) for b in self.ready],
             "emitted": self.emitted,
             "counters": {f"unique.{name}": value for name, value in self.counters.items()},
         }
+        encoder.done()
+        return state
 
     def statistics(self) -> dict[str, int]:
         """The counters, for ``Pipeline.stats()`` (``ctx.stats.register``)."""
