@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
+import pickle
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
+from torchseq.errors import StateError
 from torchseq.state import SnapshotEncoder, decode_records, encode_records
 
 
@@ -59,7 +64,7 @@ def test_out_of_range_ids_fall_back_to_plain_lists() -> None:
     assert same(decode_records(encode_records([record])), [record])
 
 
-def test_snapshot_encoder_equals_fresh_encoding_as_the_collection_changes() -> None:
+def test_snapshots_decode_to_the_collection_as_it_changes() -> None:
     pool = records(200, seed=1)
     encoder = SnapshotEncoder()
     rng = random.Random(2)
@@ -69,19 +74,36 @@ def test_snapshot_encoder_equals_fresh_encoding_as_the_collection_changes() -> N
         del pool[: rng.randrange(10)]
         pool.extend(extra[step * 10 : step * 10 + rng.randrange(10)])
         ready = [pool[:5], pool[5:9]]
-        got = {"pool": encoder.encode(pool), "ready": [encoder.encode(b) for b in ready]}
+        state = weights_only({"pool": encoder.encode(pool), "ready": [encoder.encode(b) for b in ready]})
         encoder.done()
-        want = {"pool": encode_records(pool), "ready": [encode_records(b) for b in ready]}
-        assert same(got, want), f"step {step}"
-        assert same(decode_records(weights_only(got["pool"])), pool)
+        assert same(decode_records(state["pool"]), pool), f"step {step}"
+        assert same([decode_records(b) for b in state["ready"]], ready), f"step {step}"
 
 
 def test_snapshot_encoder_encodes_each_record_once_and_forgets_what_left() -> None:
     pool = records(50)
     encoder = SnapshotEncoder()
-    first = encoder.encode(pool)
+    first = encoder.encode(pool)["__records__"]
     encoder.done()
-    second = encoder.encode(pool[10:])
+    second = encoder.encode(pool[10:])["__records__"]
     encoder.done()
     assert all(a is b for a, b in zip(first[10:], second, strict=True))  # reused, not re-encoded
     assert len(encoder._kept) == 40  # the 10 that left are no longer held
+
+
+def test_a_checkpoint_record_cannot_run_code(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    evil = pickle.dumps(Touch(str(marker)))  # unpickling would run a shell command
+    with pytest.raises(StateError, match="builtins only"):
+        decode_records({"__records__": [evil]})
+    assert not marker.exists()
+    with pytest.raises(StateError, match="damaged"):
+        decode_records({"__records__": [b"\x80\x05not a pickle"]})
+
+
+class Touch:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.path}",))
