@@ -25,7 +25,7 @@ from torchseq.lengths import (
 )
 from torchseq.records import Record
 from torchseq.shuffle import restore_rng
-from torchseq.state import Slot, SnapshotEncoder, decode_records, encode_records
+from torchseq.state import Slot, SnapshotEncoder, decode_records
 from torchseq.unique import NEW, Limit, Unique, UniquePacker, planned_batches
 
 
@@ -61,7 +61,8 @@ class Batch:
             return _unique_stream(upstream, packer, self.drop_last)
         partial: list[Any] = decode_records(slot.resume.get("partial", []))
         live = [partial]
-        slot.snapshot = lambda: {"partial": encode_records(live[0])}
+        encoder = SnapshotEncoder()
+        slot.snapshot = lambda: {"partial": encoder(live[0])}
         return self._batches(upstream, live)
 
     def _batches(self, upstream: Iterator[Any], live: list[list[Any]]) -> Iterator[list[Any]]:

@@ -42,13 +42,7 @@ class BufferShuffle:
         if "rng" in slot.resume:
             restore_rng(rng, slot.resume["rng"])
         encoder = SnapshotEncoder()
-
-        def snapshot() -> dict[str, Any]:
-            state = {"buffer": encoder.encode(buffer), "rng": rng.getstate()}
-            encoder.done()
-            return state
-
-        slot.snapshot = snapshot
+        slot.snapshot = lambda: {"buffer": encoder(buffer), "rng": rng.getstate()}
         return self._shuffle(upstream, buffer, rng)
 
     def _shuffle(self, upstream: Iterator[Any], buffer: list[Any], rng: random.Random) -> Iterator[Any]:

@@ -169,6 +169,12 @@ class SnapshotEncoder:
         """End a snapshot: forget the records it did not include."""
         self._kept, self._used = self._used, {}
 
+    def __call__(self, records: Iterable[Any]) -> dict[str, list[bytes]]:
+        """A snapshot of one collection: :meth:`encode`, then :meth:`done`."""
+        encoded = self.encode(records)
+        self.done()
+        return encoded
+
 
 def encode_records(records: Iterable[Any]) -> list[Any]:
     return [encode_record(r) for r in records]
