@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 import torchseq as ts
-from torchseq.balance import POLICIES
+from torchseq.plan import POLICIES
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "debian-pairs"
 

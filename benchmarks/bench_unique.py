@@ -21,16 +21,15 @@ from typing import Any
 import torchseq as ts
 from torchseq.batching import Batch, BucketBatch, TokenBudgetBatch
 from torchseq.context import Context
-from torchseq.sample import sample_shards, sample_tokenizer
-from torchseq.state import Slot
-from torchseq.unique import Unique
+from torchseq.tools.sample import sample_shards, sample_tokenizer
+from torchseq.batching.unique import Unique
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def per_record(stage: Any, records: list[dict[str, Any]]) -> float:
     start = time.perf_counter()
-    delivered = sum(len(b) for b in stage(iter(records), Context(), Slot()))
+    delivered = sum(len(b) for b in stage.open(iter(records), Context(), {}).iterator)
     assert delivered == len(records)
     return (time.perf_counter() - start) / len(records) * 1e6
 

@@ -70,7 +70,7 @@ def reference_rows(shards: list[str]) -> Counter[Row]:
 
 def pretokenized_dir(shards: list[str]) -> str:
     """``torchseq pretokenize`` of ``shards`` (same shard split: one output shard per input)."""
-    from torchseq.pretokenize import pretokenize
+    from torchseq.tools.pretokenize import pretokenize
 
     out = CACHE / f"pretokenized-{_digest([*shards, TOKENIZER], MAX_LENGTH)}"
     if not (out / "index.json").exists():

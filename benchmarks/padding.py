@@ -19,7 +19,7 @@ from benchmarks.common import JSONL_SHARDS, pretokenized_dir
 
 def main() -> None:
     import torchseq as ts
-    from torchseq.lengths import padded_tokens, real_tokens
+    from torchseq.batching.lengths import padded_tokens, real_tokens
 
     directory = pretokenized_dir(JSONL_SHARDS)
     rows = []

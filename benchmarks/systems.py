@@ -73,7 +73,7 @@ def make_torchseq(shards: list[str], num_workers: int) -> Iterable[Any]:
 
 def make_torchseq_pretokenized(shards: list[str], num_workers: int) -> Iterable[Any]:
     import torchseq as ts
-    from torchseq.pretokenize import index_shards
+    from torchseq.sources.manifest import manifest_shards as index_shards
 
     listed = index_shards(pretokenized_dir(JSONL_SHARDS))
     assert listed is not None

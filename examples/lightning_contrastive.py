@@ -25,7 +25,7 @@ from contrastive import embed_columns, info_nce, tiny_bert
 
 import torchseq as ts
 from torchseq.lightning import PairDataModule
-from torchseq.sample import sample_shards, sample_tokenizer
+from torchseq.tools.sample import sample_shards, sample_tokenizer
 
 
 def parse_args() -> argparse.Namespace:

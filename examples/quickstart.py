@@ -10,7 +10,7 @@ import argparse
 from torch.utils.data import DataLoader
 
 import torchseq as ts
-from torchseq.sample import sample_shards, sample_tokenizer
+from torchseq.tools.sample import sample_shards, sample_tokenizer
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from contrastive import embed_columns, info_nce, tiny_bert
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 import torchseq as ts
-from torchseq.sample import sample_shards, sample_tokenizer
+from torchseq.tools.sample import sample_shards, sample_tokenizer
 
 
 def parse_args() -> argparse.Namespace:

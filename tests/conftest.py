@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from torchseq.sample import sample_shards, sample_tokenizer  # noqa: E402
+from torchseq.tools.sample import sample_shards, sample_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 import torchseq as ts
-from torchseq.guard import BalanceWarning
+from torchseq.errors import BalanceWarning
 
 
 def guids(batch: Any) -> list[int]:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import torchseq as ts
 from torchseq.batching import BucketBatch, TokenBudgetBatch
-from torchseq.lengths import padded_tokens, real_tokens
+from torchseq.batching.lengths import padded_tokens, real_tokens
 
 
 def efficiency(batches: list[list[dict[str, Any]]]) -> float:
@@ -74,7 +74,7 @@ def _records(lengths: list[tuple[int, int]]) -> list[dict[str, Any]]:
 )
 def test_pool_order_is_a_permutation(lengths: list[tuple[int, int]], stage: Any) -> None:
     records = _records(lengths)
-    assert sorted(stage._ranking(records)) == list(range(len(records)))
+    assert sorted(stage.ranking(records)) == list(range(len(records)))
 
 
 def test_windows_sort_the_short_column_among_similar_long_ones() -> None:
@@ -83,7 +83,7 @@ def test_windows_sort_the_short_column_among_similar_long_ones() -> None:
     lengths = [(1 + (i * 7) % 30, 100 + i % 3) for i in range(256)]
     stage = BucketBatch(32, pool_batches=8)
     records = _records(lengths)
-    batches = stage.cut([records[i] for i in stage._ranking(records)], True)
+    batches = stage.cut([records[i] for i in stage.ranking(records)], True)
     by_long_only = BucketBatch(32).cut(
         sorted(_records(lengths), key=lambda r: len(r["tokens"]["positive"])), True
     )

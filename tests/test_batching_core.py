@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 import torchseq as ts
-from torchseq.lengths import padded_tokens, real_tokens
+from torchseq.batching.lengths import padded_tokens, real_tokens
 
 
 def pipeline(sample_files: list[str], tokenizer_file: str) -> ts.Pipeline:

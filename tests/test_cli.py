@@ -16,7 +16,7 @@ from conftest import pair, write_jsonl
 
 import torchseq as ts
 from torchseq.cli import COMMANDS, main
-from torchseq.tokenize import encode_reference
+from torchseq.stages.tokenize import encode_reference
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -195,7 +195,7 @@ def test_convert_refuses_to_overwrite_and_skips_bad_input(tmp_path: Path, capsys
 
 
 def test_convert_keeps_pretokenized_ids(tmp_path: Path) -> None:
-    from torchseq.convert import convert
+    from torchseq.tools.convert import convert
 
     ids = np.array([2, 17, 3], dtype=np.uint16)
     sample: dict[str, Any] = {"__key__": "k0", "anchor.npy": _npy(ids), "positive.npy": _npy(ids[::-1].copy())}

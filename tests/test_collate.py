@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torchseq as ts
-from torchseq.collate import collate_records, pad_sequences
+from torchseq.batching.collate import collate_records, pad_sequences
 
 seqs = st.lists(st.lists(st.integers(1, 30000), min_size=1, max_size=40), min_size=1, max_size=16)
 
@@ -94,7 +94,7 @@ def test_collate_without_tokens_says_what_to_do(sample_files: list[str]) -> None
     ],
 )
 def test_collated_batch_pickles_to_identical_tensors(tensor: torch.Tensor) -> None:
-    from torchseq.transport import CollatedBatch
+    from torchseq.batching.transport import CollatedBatch
 
     batch = CollatedBatch({"anchor": {"input_ids": tensor}, "guid": ["a", None]})
     back = pickle.loads(pickle.dumps(batch))
@@ -111,7 +111,7 @@ def test_collated_batch_survives_default_convert_and_worker_queues(
     from torch.utils.data import DataLoader
     from torch.utils.data._utils.collate import default_convert
 
-    from torchseq.transport import CollatedBatch
+    from torchseq.batching.transport import CollatedBatch
 
     pipe = ts.read_jsonl(sample_files).tokenize(tokenizer_file, 48).batch(64).collate()
     direct = list(pipe)

@@ -15,7 +15,7 @@ from conftest import write_jsonl
 
 import torchseq as ts
 from torchseq.context import Context
-from torchseq.guard import BalanceWarning
+from torchseq.errors import BalanceWarning
 
 # Very different shard sizes, an empty one included.
 SIZES = [3, 700, 0, 41, 1200, 1, 260, 95]
@@ -89,7 +89,7 @@ def test_equal_batches_exactly_once(uneven_shards, tokenizer_file, world_size, n
 
 
 def test_token_budget_holds_when_balanced(uneven_shards, tokenizer_file):
-    from torchseq.lengths import padded_tokens
+    from torchseq.batching.lengths import padded_tokens
 
     pipe = ts.read_jsonl(uneven_shards).tokenize(tokenizer_file, max_length=24).batch_by_tokens(400, pool_size=100)
     for rank in range(2):

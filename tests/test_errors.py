@@ -375,7 +375,7 @@ def test_glob_matching_nothing_raises_in_every_mode(num_workers: int, tmp_path: 
     assert original_message(info.value, num_workers).startswith(f"{pattern}: glob matched no shards")
 
 
-@pytest.mark.filterwarnings("ignore::torchseq.sharding.RecordLevelSplitWarning")
+@pytest.mark.filterwarnings("ignore::torchseq.errors.RecordLevelSplitWarning")
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # more workers than cores here
 @pytest.mark.parametrize("name", ["truncated_gzip", "malformed_json", "missing_file", "tar_truncated"])
 def test_record_level_split_counts_each_fault_once(name: str, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import webdataset as wds
 from conftest import pair, write_jsonl
 
 import torchseq as ts
-from torchseq.index import INDEX_NAME, index_paths, shard_counts
+from torchseq.sources.index import INDEX_NAME, index_paths, shard_counts
 
 
 @pytest.fixture(autouse=True)

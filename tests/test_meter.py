@@ -12,7 +12,7 @@ from conftest import write_jsonl
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 import torchseq as ts
-from torchseq.collate import pad_sequences
+from torchseq.batching.collate import pad_sequences
 from torchseq.meter import deferral_rate
 
 

@@ -15,7 +15,7 @@ from conftest import anchor_index, pair, write_jsonl
 from torch.utils.data import DataLoader
 
 import torchseq as ts
-from torchseq.sharding import RecordLevelSplitWarning
+from torchseq.errors import RecordLevelSplitWarning
 
 
 def delivered(pipe: ts.Pipeline, num_workers: int, **loader_kwargs: object) -> list[int]:
@@ -92,7 +92,7 @@ RUN_TWICE = """
 import hashlib
 import torchseq as ts
 from torch.utils.data import DataLoader
-from torchseq.sample import sample_shards, sample_tokenizer
+from torchseq.tools.sample import sample_shards, sample_tokenizer
 pipe = ts.read_jsonl(sample_shards()).shuffle(500, seed=7).tokenize(sample_tokenizer(), 64).bucket(32).collate()
 for epoch in (0, 1):
     pipe.set_epoch(epoch)

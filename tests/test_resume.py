@@ -24,7 +24,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 import torchseq as ts
 from torchseq.context import Context
-from torchseq.guard import BalanceWarning
+from torchseq.errors import BalanceWarning
 
 SCRIPT = Path(__file__).with_name("resume_script.py")
 SIZES = [90, 3, 0, 210, 41, 17]

@@ -15,7 +15,7 @@ import torchseq as ts
 from torchseq.errors import ConfigError, DataError
 from torchseq.meter import pipeline_counters
 from torchseq.records import normalize
-from torchseq.sampling import SamplePairs
+from torchseq.stages.sample_pairs import SamplePairs
 
 
 def set_rows(n: int = 60) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """The assignment logic on paper: who reads which records, for any topology.
 
-No processes: :class:`~torchseq.balance.EpochPlan` is pure arithmetic over
+No processes: :class:`~torchseq.plan.EpochPlan` is pure arithmetic over
 per-shard record counts, so it is checked here for up to 1,024 ranks x 8
 workers and 100,000 shards, with an independent coverage sweep.
 """
@@ -16,9 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchseq.balance import POLICIES, EpochPlan, layout, worker_slice
+from torchseq.plan import POLICIES, EpochPlan, layout, worker_slice
 from torchseq.context import Context
-from torchseq.sharding import RecordLevelSplitWarning, assign_shards, shard_order
+from torchseq.errors import RecordLevelSplitWarning
+from torchseq.plan import assign_shards, shard_order
 
 
 def make_plan(
@@ -28,7 +29,7 @@ def make_plan(
 
 
 def all_shares(plan: EpochPlan, num_workers: int) -> list[list]:
-    return [[plan.share(r, w, num_workers) for w in range(num_workers)] for r in range(plan.layout.world_size)]
+    return [[plan.worker_plan(r, w, num_workers) for w in range(num_workers)] for r in range(plan.layout.world_size)]
 
 
 def batches_made(records: int, quantum: int) -> int:
@@ -200,7 +201,7 @@ def test_rank_record_sets_do_not_depend_on_num_workers():
     plan = make_plan(counts, 4, 32, "partial")
 
     def rank_records(rank: int, k: int) -> set[tuple[int, int]]:
-        return {(s, i) for w in range(k) for s, b, e in plan.share(rank, w, k).ranges for i in range(b, e)}
+        return {(s, i) for w in range(k) for s, b, e in plan.worker_plan(rank, w, k).ranges for i in range(b, e)}
 
     for rank in range(4):
         assert rank_records(rank, 1) == rank_records(rank, 3) == rank_records(rank, 8)

@@ -9,7 +9,7 @@ import pytest
 from resume import check_resume
 
 import torchseq as ts
-from torchseq.sample import sample_shards, sample_tokenizer
+from torchseq.tools.sample import sample_shards, sample_tokenizer
 
 TOK = sample_tokenizer()
 

@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader
 import torchseq as ts
 from torchseq.context import Context
 from torchseq.errors import SkippedInput
-from torchseq.state import Slot
-from torchseq.stats import PipelineStats, StatsTable, merge
+from torchseq.protocol import Counters, Running
+from torchseq.state import State
+from torchseq.pipeline.stats import PipelineStats, StatsTable, merge
 
 
 def shards_with_bad_lines(tmp_path: Path, count: int = 4, size: int = 150) -> tuple[list[str], int]:
@@ -129,14 +130,26 @@ def test_stats_reach_spawned_workers(tmp_path: Path) -> None:
 
 @dataclass(frozen=True)
 class DropOdd:
-    """A stage that defers (drops) odd records and reports them through the stats hook."""
+    """A stage that defers (drops) odd records and reports them through its counters."""
 
-    def __call__(self, upstream: Iterator[Any], ctx: Context, slot: Slot) -> Iterator[Any]:
-        counts = {"deferred": 0}
-        ctx.stats.register(lambda: dict(counts))
+    def open(self, upstream: Iterator[Any], ctx: Context, state: State) -> Running:
+        return _DroppingOdd(upstream)
+
+
+class _DroppingOdd(Running):
+    __slots__ = ("deferred",)
+
+    def __init__(self, upstream: Iterator[Any]) -> None:
+        self.deferred = 0
+        self.iterator = self._drop(upstream)
+
+    def counters(self) -> Counters:
+        return {"deferred": self.deferred}
+
+    def _drop(self, upstream: Iterator[Any]) -> Iterator[Any]:
         for index, record in enumerate(upstream):
             if index % 2:
-                counts["deferred"] += 1
+                self.deferred += 1
                 continue
             yield record
 

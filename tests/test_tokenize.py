@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import torchseq as ts
-from torchseq.encoder import FastEncoder, prefix_before_space
-from torchseq.tokenize import encode_reference
+from torchseq.stages.encoder import FastEncoder, prefix_before_space
+from torchseq.stages.tokenize import encode_reference
 
 
 def reference(tokenizer_file: str, texts: list[str], max_length: int) -> list[list[int]]:

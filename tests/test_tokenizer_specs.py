@@ -11,7 +11,7 @@ import tokenizers
 from torch.utils.data import DataLoader
 
 import torchseq as ts
-from torchseq.tokenize import encode_reference
+from torchseq.stages.tokenize import encode_reference
 
 
 def tokenized(pipe: ts.Pipeline, num_workers: int = 0) -> list[dict[str, Any]]:
@@ -77,7 +77,7 @@ def test_negatives_are_tokenized(tmp_path: Any, tokenizer_file: str) -> None:
 FORKED = """
 import tokenizers, torchseq as ts
 from torch.utils.data import DataLoader
-from torchseq.sample import sample_shards, sample_tokenizer
+from torchseq.tools.sample import sample_shards, sample_tokenizer
 tok = tokenizers.Tokenizer.from_file(sample_tokenizer())
 tok.encode_batch(["warm the thread pool in the parent"] * 64)   # parallelism used before fork
 pipe = ts.read_jsonl(sample_shards()).tokenize(tok, 64).batch(64).collate()

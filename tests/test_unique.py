@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader
 
 import torchseq as ts
 from torchseq.errors import ConfigError
-from torchseq.lengths import column_lengths, padded_tokens
+from torchseq.batching.lengths import column_lengths, padded_tokens
 from torchseq.meter import pipeline_counters
 from torchseq.state import decode_records
-from torchseq.unique import Unique, normalize_text
+from torchseq.batching.unique import Unique, normalize_text
 
 NUM_RECORDS = 720
 

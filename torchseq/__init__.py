@@ -1,8 +1,9 @@
 """torchseq: streaming text-pair pipelines for PyTorch."""
 
-from torchseq.collate import collate_records, pad_sequences
+from torchseq.batching import Unique, collate_records, pad_sequences
 from torchseq.context import Context, Topology
 from torchseq.errors import (
+    BalanceWarning,
     ConfigError,
     CorruptShardError,
     DataError,
@@ -17,13 +18,10 @@ from torchseq.errors import (
     UnknownFormatError,
     UnsafeContentError,
 )
-from torchseq.guard import BalanceWarning
-from torchseq.meter import BatchMeter, pipeline_counters
+from torchseq.meter import BatchMeter
 from torchseq.mixing import mix
-from torchseq.pipeline import Pipeline, read_jsonl, read_webdataset
+from torchseq.pipeline import Pipeline, PipelineStats, pipeline_counters, read_jsonl, read_webdataset
 from torchseq.sources.remote import RetryPolicy
-from torchseq.stats import PipelineStats
-from torchseq.unique import Unique
 
 __version__ = "0.1.0"
 

@@ -1,21 +1,20 @@
-"""The execution context a pipeline run sees: topology, epoch and seed.
+"""The execution context a pipeline run sees: topology, worker, epoch, seed and the worker's plan.
 
-The pipeline builds one :class:`Context` when iteration starts; stages receive
-it and read nothing global themselves. Tests construct contexts directly.
+A pure value. The pipeline builds one :class:`Context` when iteration starts
+(it alone reads ``torch.distributed``, the environment and the DataLoader's
+worker info); stages receive it and read nothing global themselves. Tests
+construct contexts directly.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from torchseq.errors import ConfigError
-from torchseq.stats import NULL_STATS, StatsSink
+from torchseq.plan.epoch import WorkerPlan
+from torchseq.rng import derive_seed
 
-if TYPE_CHECKING:
-    from torchseq.balance import Share
+__all__ = ["Context", "Topology", "derive_seed"]
 
 
 @dataclass(frozen=True)
@@ -41,10 +40,8 @@ class Context:
         num_workers: DataLoader workers per rank (1 without workers).
         epoch: the epoch being produced.
         seed: the pipeline seed.
-        share: this worker's part of a balanced epoch (records to read,
+        plan: this worker's part of a balanced epoch (records to read,
             batches to yield); ``None`` when the pipeline is not balanced.
-        stats: where stages register their counters (see :mod:`torchseq.stats`);
-            a sink that ignores them unless a pipeline is iterating.
     """
 
     rank: int = 0
@@ -53,8 +50,7 @@ class Context:
     num_workers: int = 1
     epoch: int = 0
     seed: int = 0
-    share: Share | None = None
-    stats: StatsSink = field(default=NULL_STATS, compare=False, repr=False)
+    plan: WorkerPlan | None = None
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
@@ -71,27 +67,11 @@ class Context:
     def num_global_workers(self) -> int:
         return self.world_size * self.num_workers
 
+    @property
+    def planned_batches(self) -> int | None:
+        """Batches this worker must yield this epoch when DDP balancing holds it to a plan."""
+        return self.plan.planned_batches if self.plan is not None else None
+
     def where(self) -> str:
         """``rank R worker W epoch E``: the place prefix of messages about this run."""
         return f"rank {self.rank} worker {self.worker} epoch {self.epoch}"
-
-
-def detect_topology() -> Topology:
-    """Rank and world size from ``torch.distributed`` if initialised, else ``RANK``/``WORLD_SIZE``."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return Topology(dist.get_rank(), dist.get_world_size())
-    rank = int(os.environ.get("RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    return Topology(rank, world_size)
-
-
-def derive_seed(*parts: object) -> int:
-    """A 64-bit seed from any parts, stable across processes and machines.
-
-    Python's ``hash`` is salted per process, so a cryptographic digest of the
-    parts' reprs is used instead.
-    """
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")

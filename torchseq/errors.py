@@ -1,4 +1,4 @@
-"""Exceptions and the bad-input policy.
+"""Exceptions, warnings and the bad-input policy: every one torchseq raises or emits lives here.
 
 Every exception takes exactly one string: DataLoader re-creates a worker's
 exception in the main process as ``type(exc)(message)``, so anything that is
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, TypeVar
 
 OnError = Literal["raise", "skip", "warn"]
 ON_ERROR_CHOICES = ("raise", "skip", "warn")
@@ -39,9 +39,15 @@ SKIP_HINT = "pass on_error='skip' to skip and count such input"
 
 
 class TorchseqError(Exception):
-    """Base class of every error torchseq raises on purpose."""
+    """Base class of every error torchseq raises on purpose.
+
+    ``place`` is the place its message starts with, when the raiser knew one
+    (set by :func:`located` and :func:`data_error`; like ``reason`` it is for
+    the process that raised it: the message alone crosses process boundaries).
+    """
 
     reason = "error"
+    place: str | None = None
 
 
 class DataError(TorchseqError, ValueError):
@@ -104,11 +110,32 @@ class DataWarning(UserWarning):
     """Emitted for each skipped input under ``on_error="warn"``."""
 
 
+class BalanceWarning(UserWarning):
+    """A worker produced a different number of batches than planned; the step guard evened it out."""
+
+
+class RecordLevelSplitWarning(UserWarning):
+    """Fewer shards than global workers: work is split per record."""
+
+
+class StatsWarning(UserWarning):
+    """Statistics could not be recorded for a worker (more than the stats table has rows)."""
+
+
+E = TypeVar("E", bound=TorchseqError)
+
+
+def located(cls: type[E], place: str, what: str) -> E:
+    """``cls(f"{place}: {what}")`` that remembers its place."""
+    error = cls(f"{place}: {what}")
+    error.place = place
+    return error
+
+
 def data_error(place: str, what: str, reason: str, cls: type[DataError] = DataError) -> DataError:
     """A data error whose message is ``place: what; hint; how to skip``."""
     hint = HINTS.get(reason)
-    message = f"{place}: {what}; {hint}; or {SKIP_HINT}" if hint else f"{place}: {what}; {SKIP_HINT}"
-    error = cls(message)
+    error = located(cls, place, f"{what}; {hint}; or {SKIP_HINT}" if hint else f"{what}; {SKIP_HINT}")
     error.reason = reason
     return error
 

@@ -6,10 +6,10 @@ Two views, both cheap enough for every step:
   in the main process: pairs and pairs/s, padding efficiency, in-batch
   negatives per anchor, and per-source shares against target weights (from
   the ``"dataset"`` field that :func:`torchseq.mix` writes).
-* :func:`pipeline_counters` sums the counters that stateful stages keep in
-  their state (duplicate deferrals of ``unique=``, per-source deliveries of
-  ``mix``, draws of ``sample_pairs``) over every worker, from a pipeline's or
-  a ``StatefulDataLoader``'s ``state_dict()``.
+* :func:`~torchseq.pipeline.checkpoint.pipeline_counters` sums the counters
+  the stages reported (duplicate deferrals of ``unique=``, per-source
+  deliveries of ``mix``, draws of ``sample_pairs``) over every worker, from a
+  pipeline's or a ``StatefulDataLoader``'s ``state_dict()``.
 """
 
 from __future__ import annotations
@@ -19,45 +19,14 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from torchseq.pipeline.checkpoint import pipeline_counters
+
+__all__ = ["BatchMeter", "deferral_rate", "pipeline_counters"]
+
 COLUMNS = ("anchor", "positive", "negatives")
 
 
-def _is_pipeline_state(node: Mapping[str, Any]) -> bool:
-    return "graph" in node and isinstance(node.get("stages"), list)
-
-
-def _walk(node: Any, out: Counter[str]) -> None:
-    # Counters sit in dicts; records sit in lists, which are not entered
-    # (only a pipeline's list of stage states is), so buffers cost nothing.
-    if not isinstance(node, Mapping):
-        return
-    counters = node.get("counters")
-    if isinstance(counters, Mapping):
-        out.update({str(k): int(v) for k, v in counters.items()})
-    for key, value in node.items():
-        if key == "counters":
-            continue
-        if isinstance(value, Mapping):
-            _walk(value, out)
-        elif key == "stages" and isinstance(value, list):
-            for stage_state in value:
-                _walk(stage_state, out)
-
-
-def pipeline_counters(state: Mapping[str, Any]) -> dict[str, int]:
-    """Stage counters summed over all pipeline states found in ``state``.
-
-    ``state`` is a ``Pipeline.state_dict()`` or a ``StatefulDataLoader``
-    ``state_dict()`` (one pipeline state per worker, as of the last batch each
-    worker delivered). Keys are ``"<stage>.<counter>"``, e.g.
-    ``"unique.deferrals"``, ``"mix.<source>.records"``.
-    """
-    out: Counter[str] = Counter()
-    _walk(state, out)
-    return dict(out)
-
-
-def deferral_rate(counters: Mapping[str, int]) -> float:
+def deferral_rate(counters: Mapping[str, int | float]) -> float:
     """Share of records that ``unique=`` held back at least once."""
     records = counters.get("unique.records", 0)
     return counters.get("unique.deferrals", 0) / records if records else 0.0

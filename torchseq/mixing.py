@@ -25,7 +25,7 @@ Stop rules: ``"first_exhausted"`` ends the epoch when a drawn source runs dry;
 ``"all_exhausted"`` drops dry sources and renormalises until none is left;
 ``"never"`` restarts a dry source (a new pass, reshuffled) and runs until the
 training loop stops (``max_steps``). Sources run dry per DataLoader worker.
-Each source is balanced across ranks on its own (:mod:`torchseq.balance`:
+Each source is balanced across ranks on its own (:mod:`torchseq.plan`:
 the same number of batches on every rank, dealt alike to the workers), so at
 batch level every rank's workers run dry at the same steps: all ranks yield
 the same number of batches and the same source at every step, under every
@@ -44,15 +44,17 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from torchseq.context import Context, derive_seed
+from torchseq.context import Context
 from torchseq.errors import ConfigError, DataError
-from torchseq.shuffle import restore_rng
-from torchseq.state import Slot, State, check_field
-
-if TYPE_CHECKING:
-    from torchseq.pipeline import Pipeline
+from torchseq.pipeline import Pipeline, Run
+from torchseq.pipeline.stats import merge
+from torchseq.protocol import Counters, Running
+from torchseq.rng import derive_seed, restore_rng, seeded_random
+from torchseq.sources.base import ShardSource
+from torchseq.sources.index import shard_counts
+from torchseq.state import State, check_field
 
 Stop = Literal["first_exhausted", "all_exhausted", "never"]
 Level = Literal["record", "batch"]
@@ -65,18 +67,15 @@ def count_records(pipe: Pipeline) -> int:
     """Records the pipeline's source holds in one epoch (all ranks and workers together).
 
     The one place mixture weights get sizes from: the shard index of
-    :mod:`torchseq.index` (counted once, cached beside the shards). Other
+    :mod:`torchseq.sources.index` (counted once, cached beside the shards). Other
     sources are read once in this process.
     """
-    from torchseq.index import shard_counts
-    from torchseq.sources.base import ShardSource
-
     source = pipe.source
     if isinstance(source, MixSource):
         return sum(count_records(child) for child in source.children)
     if isinstance(source, ShardSource):
         return sum(shard_counts(source))
-    return sum(1 for _ in source(Context(), Slot()))
+    return sum(1 for _ in source.open(Context(), {}).iterator)
 
 
 def mixture_weights(
@@ -130,8 +129,6 @@ def mix(
         ConfigError: invalid arguments; sources of different shapes at record level
             (while iterating).
     """
-    from torchseq.pipeline import Pipeline
-
     names = tuple(sources)
     children = tuple(sources.values())
     if not names:
@@ -195,9 +192,9 @@ def _rows(element: Any) -> int:
 
 
 class _Child:
-    """One source's live run inside one mixture run."""
+    """One source's live run inside one mixture run (a new run per pass under ``stop="never"``)."""
 
-    __slots__ = ("name", "pipe", "ctx", "passes", "iterator", "snapshot_stream", "exhausted")
+    __slots__ = ("name", "pipe", "ctx", "passes", "run", "exhausted", "earlier")
 
     def __init__(self, name: str, pipe: Pipeline, ctx: Context, state: State) -> None:
         self.name = name
@@ -205,18 +202,27 @@ class _Child:
         self.ctx = ctx
         self.passes = int(state.get("passes", 0))
         self.exhausted = bool(state.get("exhausted", False))
-        self._open(state.get("stream"))
+        self.earlier: Counters = {}  # what the finished passes counted
+        self.run = self._open(state.get("stream"))
 
-    def _open(self, state: State | None) -> None:
-        ctx = dataclasses.replace(self.ctx, epoch=_pass_epoch(self.ctx.epoch, self.passes))
-        self.iterator, self.snapshot_stream = self.pipe.stream(ctx, state)
+    def _open(self, state: State | None) -> Run:
+        ctx = dataclasses.replace(self.ctx, epoch=_pass_epoch(self.ctx.epoch, self.passes), plan=None)
+        return Run(self.pipe, ctx, state, nested=True)
+
+    @property
+    def iterator(self) -> Any:
+        return self.run.iterator
 
     def restart(self) -> None:
+        merge(self.earlier, self.run.counters())
         self.passes += 1
-        self._open(None)
+        self.run = self._open(None)
+
+    def counters(self) -> Counters:
+        return merge(merge({}, self.earlier), self.run.counters())
 
     def snapshot(self) -> State:
-        return {"passes": self.passes, "exhausted": self.exhausted, "stream": self.snapshot_stream()}
+        return {"passes": self.passes, "exhausted": self.exhausted, "stream": self.run.state_dict()}
 
 
 _END = object()
@@ -252,42 +258,10 @@ class MixSource:
             lines += [f"    [{name}] " + line.strip() for line in repr(child).splitlines()[1:]]
         return "\n".join(lines)
 
-    def __call__(self, ctx: Context, slot: Slot) -> Iterator[Any]:
-        resume = slot.resume
-        if resume:
-            check_field("mix sources", resume.get("sources"), list(self.names))
-        saved = resume.get("children", {})
-        children = []
-        for name, pipe in zip(self.names, self.children, strict=True):
-            children.append(_Child(name, pipe, ctx, saved.get(name, {})))
-        counters = {f"mix.{n}.{unit}": 0 for n in self.names for unit in ("records", "batches")}
-        counters.update({k: int(v) for k, v in resume.get("counters", {}).items()})
-        live: dict[str, Any] = {"step": int(resume.get("step", 0))}
-        rng = None
-        if self.level == "record":
-            import random
-
-            rng = random.Random(derive_seed("mix", self.seed, ctx.epoch, ctx.rank, ctx.worker))
-            if "rng" in resume:
-                restore_rng(rng, resume["rng"])
-
-        def snapshot() -> State:
-            state: State = {
-                "sources": list(self.names),
-                "children": {c.name: c.snapshot() for c in children},
-                "counters": dict(counters),
-            }
-            if rng is not None:
-                state["rng"] = rng.getstate()
-            else:
-                state["step"] = live["step"]
-            return state
-
-        slot.snapshot = snapshot
-        ctx.stats.register(lambda: dict(counters))  # per-source deliveries in Pipeline.stats()
-        if rng is not None:
-            return self._records(children, rng, counters, ctx)
-        return self._batches(children, live, counters, ctx)
+    def open(self, ctx: Context, state: State) -> Running:
+        if state:
+            check_field("mix sources", state.get("sources"), list(self.names))
+        return _Mixing(self, ctx, state)
 
     # ------------------------------------------------------------- drawing
     def _active(self, children: list[_Child]) -> tuple[list[int], list[float]]:
@@ -323,28 +297,6 @@ class MixSource:
             indices, cumulative = self._active(children)
         return None
 
-    def _records(
-        self, children: list[_Child], rng: Any, counters: dict[str, int], ctx: Context
-    ) -> Iterator[Any]:
-        tag = self.tag
-        shapes: dict[str, int] = {}
-        while True:
-            drawn = self._draw(children, rng.random(), ctx)
-            if drawn is None:
-                return
-            child, record = drawn
-            if type(record) is not dict:
-                raise ConfigError(
-                    f"mix(level='record'): source {child.name!r} yields {type(record).__name__}s, not "
-                    "records; batch after mixing, or use level='batch'"
-                )
-            if child.name not in shapes:
-                self._check_shape(shapes, child.name, _shape(record))
-            if tag is not None:
-                record[tag] = child.name
-            counters[f"mix.{child.name}.records"] += 1
-            yield record
-
     def _check_shape(self, shapes: dict[str, int], name: str, shape: int) -> None:
         for other, other_shape in shapes.items():
             if other_shape != shape:
@@ -355,14 +307,78 @@ class MixSource:
                 )
         shapes[name] = shape
 
-    def _batches(
-        self, children: list[_Child], live: dict[str, Any], counters: dict[str, int], ctx: Context
-    ) -> Iterator[Any]:
-        tag = self.tag
+
+class _Mixing(Running):
+    """A mixture at work: its children's runs, the draws, the deliveries per source."""
+
+    __slots__ = ("mix", "ctx", "children", "counts", "step", "rng")
+
+    def __init__(self, mix: MixSource, ctx: Context, state: State) -> None:
+        self.mix = mix
+        self.ctx = ctx
+        saved = state.get("children", {})
+        self.children = [_Child(name, pipe, ctx, saved.get(name, {}))
+                         for name, pipe in zip(mix.names, mix.children, strict=True)]
+        self.counts = {f"mix.{n}.{unit}": 0 for n in mix.names for unit in ("records", "batches")}
+        self.counts.update({k: int(v) for k, v in state.get("counters", {}).items()})
+        self.step = int(state.get("step", 0))
+        self.rng = None
+        if mix.level == "record":
+            self.rng = seeded_random("mix", mix.seed, ctx.epoch, ctx.rank, ctx.worker)
+            if "rng" in state:
+                restore_rng(self.rng, state["rng"])
+            self.iterator = self._records()
+        else:
+            self.iterator = self._batches()
+
+    def state_dict(self) -> State:
+        state: State = {
+            "sources": list(self.mix.names),
+            "children": {c.name: c.snapshot() for c in self.children},
+            "counters": dict(self.counts),
+        }
+        if self.rng is not None:
+            state["rng"] = self.rng.getstate()
+        else:
+            state["step"] = self.step
+        return state
+
+    def counters(self) -> Counters:
+        """Deliveries per source, plus everything the children counted."""
+        out: Counters = dict(self.counts)
+        for child in self.children:
+            merge(out, child.counters())
+        return out
+
+    def _records(self) -> Iterator[Any]:
+        mix, children, counters, ctx, rng = self.mix, self.children, self.counts, self.ctx, self.rng
+        assert rng is not None  # record level
+        tag = mix.tag
+        shapes: dict[str, int] = {}
+        while True:
+            drawn = mix._draw(children, rng.random(), ctx)
+            if drawn is None:
+                return
+            child, record = drawn
+            if type(record) is not dict:
+                raise ConfigError(
+                    f"mix(level='record'): source {child.name!r} yields {type(record).__name__}s, not "
+                    "records; batch after mixing, or use level='batch'"
+                )
+            if child.name not in shapes:
+                mix._check_shape(shapes, child.name, _shape(record))
+            if tag is not None:
+                record[tag] = child.name
+            counters[f"mix.{child.name}.records"] += 1
+            yield record
+
+    def _batches(self) -> Iterator[Any]:
+        mix, children, counters, ctx = self.mix, self.children, self.counts, self.ctx
+        tag = mix.tag
         while True:
             # The rank-level step this worker serves next (DataLoader round-robin).
-            step = ctx.worker + live["step"] * ctx.num_workers
-            drawn = self._draw(children, _uniform("mix-step", self.seed, ctx.epoch, step), ctx)
+            step = ctx.worker + self.step * ctx.num_workers
+            drawn = mix._draw(children, _uniform("mix-step", mix.seed, ctx.epoch, step), ctx)
             if drawn is None:
                 return
             child, batch = drawn
@@ -375,5 +391,5 @@ class MixSource:
                     batch[tag] = [child.name] * rows
             counters[f"mix.{child.name}.records"] += rows
             counters[f"mix.{child.name}.batches"] += 1
-            live["step"] += 1
+            self.step += 1
             yield batch

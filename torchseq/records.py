@@ -31,11 +31,17 @@ TEXT_FIELDS = ("anchor", "positive", "negatives")
 
 
 class RecordFormatError(Exception):
-    """Internal: why a decoded value is not a valid record (no place yet)."""
+    """Internal: why a decoded value is not a valid record.
 
-    def __init__(self, message: str, reason: str) -> None:
+    ``place`` is set when the decoder knows a more precise place than the
+    reader's (a tar member: ``shard.tar::KEY.json``); readers put the place in
+    front of the message.
+    """
+
+    def __init__(self, message: str, reason: str, place: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.place = place
 
 
 def _text(value: Any, name: str) -> str:

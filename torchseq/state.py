@@ -1,12 +1,9 @@
-"""Per-run stage state: what a stage needs to reproduce the rest of its stream.
+"""The state codec: stage state as builtins, and the checks a checkpoint goes through.
 
-A stage receives a :class:`Slot` when its generator is created. ``slot.resume``
-holds the state to continue from (``{}`` for a fresh start); the stage points
-``slot.snapshot`` at a function that reads its live variables, so a snapshot
-taken while the generator is suspended at a ``yield`` is always current.
-
-State is builtins only (``torch.load(weights_only=True)`` must read it).
-Records that hold token-id arrays are converted by :func:`encode_records`.
+State is what a running stage needs to reproduce the rest of its stream
+(see :mod:`torchseq.protocol`), in builtins only: ``torch.load(weights_only=True)``
+must read it. Records that hold token-id arrays are converted by
+:func:`encode_records` / :class:`SnapshotEncoder`.
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ import io
 import pickle
 import sys
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -23,19 +20,6 @@ import numpy as np
 from torchseq.errors import StateError
 
 State = dict[str, Any]
-
-
-class Slot:
-    """Live state holder of one stage in one run."""
-
-    __slots__ = ("resume", "snapshot")
-
-    def __init__(self, resume: State | None = None) -> None:
-        self.resume: State = dict(resume or {})
-        # Until the stage registers its own function, a snapshot is what it was
-        # resumed from: a checkpoint taken before the first element equals the
-        # checkpoint that was loaded.
-        self.snapshot: Callable[[], State] = lambda: dict(self.resume)
 
 
 _ARRAY_TAG = "__ndarray__"

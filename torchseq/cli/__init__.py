@@ -1,5 +1,11 @@
 """The ``torchseq`` command line. Each command lives in its own module here and
-registers itself through ``add_parser(subparsers)`` / ``run(args)``."""
+registers itself through ``add_parser(subparsers)`` / ``run(args)``; the work
+itself is in :mod:`torchseq.tools` and the library.
+
+One exit-code rule for every command: 0 success; 1 a data or I/O error (the
+message, naming the place, on stderr as ``torchseq COMMAND: ...``, no
+traceback); 2 a usage error (argparse's, or :class:`UsageError`).
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,10 @@ COMMANDS = {
 }
 
 
+class UsageError(Exception):
+    """Arguments that parse but do not go together: exit code 2, like argparse's own errors."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchseq", description="Streaming text-pair pipelines for PyTorch."
@@ -31,8 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    result: int = args._run(args)
+    from torchseq.errors import TorchseqError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args._run(args)
+    except UsageError as exc:
+        parser.exit(2, f"torchseq {args.command}: {exc}\n")
+    except (TorchseqError, OSError) as exc:
+        print(f"torchseq {args.command}: {exc}", file=sys.stderr)
+        return 1
     return result
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from torchseq.cli.options import add_reader_options, reader_options
@@ -34,21 +33,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchseq.convert import convert, format_convert_report
-    from torchseq.errors import TorchseqError
+    from torchseq.tools.convert import convert, format_convert_report
 
-    try:
-        report = convert(
-            args.spec,
-            args.out,
-            records_per_shard=args.records_per_shard,
-            on_error=args.on_error,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-            **reader_options(args),
-        )
-    except TorchseqError as exc:
-        print(f"torchseq convert: {exc}", file=sys.stderr)
-        return 1
+    report = convert(
+        args.spec,
+        args.out,
+        records_per_shard=args.records_per_shard,
+        on_error=args.on_error,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+        **reader_options(args),
+    )
     print(format_convert_report(report))
     return 0

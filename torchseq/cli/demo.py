@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     import tokenizers
 
     import torchseq as ts
-    from torchseq.sample import sample_shards, sample_tokenizer
+    from torchseq.tools.sample import sample_shards, sample_tokenizer
 
     tokenizer_file = sample_tokenizer()
     pipe = (

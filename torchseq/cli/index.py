@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 FORMATS = ("auto", "jsonl", "webdataset")
-_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -39,22 +38,17 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _reader(spec: list[str], form: str, on_error: str) -> Any:
-    import torchseq as ts
-
-    if form == "auto":
-        form = "webdataset" if all(s.endswith(_TAR_SUFFIXES) for s in spec) else "jsonl"
-    read = ts.read_webdataset if form == "webdataset" else ts.read_jsonl
-    return read(spec, on_error=on_error)
-
-
 def run(args: argparse.Namespace) -> int:
-    from torchseq.balance import POLICIES
-    from torchseq.errors import ConfigError
-    from torchseq.index import index_paths, shard_counts
+    from torchseq.cli import UsageError
+    from torchseq.pipeline import Pipeline
+    from torchseq.plan import POLICIES
+    from torchseq.sources import expand_spec, reader_for
+    from torchseq.sources.index import index_paths, shard_counts
 
-    pipe = _reader(args.spec, args.format, args.on_error)
-    source = pipe._source
+    world_size, batch_size = args.world_size, args.batch_size
+    if (world_size is None) != (batch_size is None) or (world_size is not None and min(world_size, batch_size) < 1):
+        raise UsageError("--world-size and --batch-size go together, both >= 1")
+    source = reader_for(expand_spec(args.spec), args.format).create(args.spec, on_error=args.on_error)
     shards = source.shard_list()
     start = time.perf_counter()
     counts = shard_counts(source, shards, rebuild=args.rebuild)
@@ -68,12 +62,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"index: {path}")
     if args.world_size is None and args.batch_size is None:
         return 0
-    if not args.world_size or not args.batch_size or args.world_size < 1 or args.batch_size < 1:
-        raise ConfigError("--world-size and --batch-size go together, both >= 1")
     print(f"\none epoch (epoch {args.epoch}) with world size {args.world_size}, batch size {args.batch_size}:")
     print(f"{'policy':<8} {'batches/rank':>12} {'delivered':>10} {'dropped':>8} {'repeated':>9} "
           f"{'carried in':>10} {'carried out':>11}")
-    batched = pipe.batch(args.batch_size)
+    batched = Pipeline(source).batch(args.batch_size)
     for policy in POLICIES:
         report = batched.balance(policy).balance_report(world_size=args.world_size, epoch=args.epoch)
         print(f"{policy:<8} {report['batches_per_rank']:>12,} {report['delivered']:>10,} "

@@ -36,25 +36,20 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchseq.errors import TorchseqError
-    from torchseq.inspection import format_report, inspect_corpus, plot_lengths
+    from torchseq.tools.inspection import format_report, inspect_corpus, plot_lengths
 
-    try:
-        report = inspect_corpus(
-            args.spec,
-            tokenizer=args.tokenizer,
-            max_length=args.max_length,
-            batch_size=args.batch_size,
-            max_tokens=args.max_tokens,
-            limit=args.limit,
-            progress=not args.no_progress,
-            **reader_options(args),
-        )
-        if args.plot:
-            plot_lengths(report, args.plot)
-    except TorchseqError as exc:
-        print(f"torchseq inspect: {exc}", file=sys.stderr)
-        return 1
+    report = inspect_corpus(
+        args.spec,
+        tokenizer=args.tokenizer,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        limit=args.limit,
+        progress=not args.no_progress,
+        **reader_options(args),
+    )
+    if args.plot:
+        plot_lengths(report, args.plot)
     print(json.dumps(report.as_dict(), indent=2) if args.json else format_report(report))
     if args.plot:
         print(f"length histogram: {args.plot}", file=sys.stderr)

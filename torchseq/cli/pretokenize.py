@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 
@@ -30,18 +29,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from torchseq.errors import TorchseqError
-    from torchseq.pretokenize import pretokenize
+    from torchseq.tools.pretokenize import pretokenize
 
     spec = args.spec[0] if len(args.spec) == 1 else args.spec
-    try:
-        index = pretokenize(
-            spec, args.tokenizer, args.max_length, args.out,
-            on_error=args.on_error, shard_size=args.shard_size, progress=not args.no_progress,
-        )
-    except TorchseqError as exc:
-        print(f"torchseq pretokenize: {exc}", file=sys.stderr)
-        return 2
+    index = pretokenize(
+        spec, args.tokenizer, args.max_length, args.out,
+        on_error=args.on_error, shard_size=args.shard_size, progress=not args.no_progress,
+    )
     summary = {
         "out": args.out,
         "records": index["num_records"],

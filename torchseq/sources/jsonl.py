@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from torchseq.errors import CorruptShardError, TorchseqError, UnknownFormatError
+from torchseq.errors import CorruptShardError, TorchseqError, UnknownFormatError, located
 from torchseq.records import Record, RecordFormatError, normalize
 from torchseq.sources.base import ShardFault, ShardSource, decode_json
 from torchseq.sources.fs import STREAM_ERRORS, open_shard, sniff_container
@@ -34,9 +34,9 @@ class JsonlSource(ShardSource):
 
     def items(self, path: str, skip: int) -> Iterator[tuple[int, Any]]:
         index = 0
-        limit = self.max_record_bytes + 1
+        limit = self.options.max_record_bytes + 1
         try:
-            with open_shard(path, self.opener) as stream:
+            with open_shard(path, self.options.opener) as stream:
                 what = sniff_container(stream.peek(512)[:512])
                 if what is not None:
                     advice = "read it with read_webdataset" if what == "a tar archive" else (
@@ -61,18 +61,18 @@ class JsonlSource(ShardSource):
         except TorchseqError as exc:
             raise ShardFault(exc, path) from None
         except STREAM_ERRORS as exc:
-            place = f"{path}:{index + 1}"
-            error = CorruptShardError(
-                f"{place}: truncated or corrupt compressed stream ({type(exc).__name__}: {exc}); "
+            error = located(
+                CorruptShardError, f"{path}:{index + 1}",
+                f"truncated or corrupt compressed stream ({type(exc).__name__}: {exc}); "
                 f"the {index} line(s) before were read, the rest of the shard is lost: re-write "
-                "or re-download the shard"
+                "or re-download the shard",
             )
-            raise ShardFault(error, place) from None
+            raise ShardFault(error, path) from None
 
     def decode(self, path: str, index: int, item: Any) -> Record:
         if item.__class__ is OversizedLine:
             raise RecordFormatError(
-                f"line of {item.size} bytes exceeds max_record_bytes={self.max_record_bytes}",
+                f"line of {item.size} bytes exceeds max_record_bytes={self.options.max_record_bytes}",
                 "record too large",
             )
-        return normalize(decode_json(item), self.fields)
+        return normalize(decode_json(item), self.options.fields)

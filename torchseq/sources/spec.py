@@ -10,6 +10,7 @@ from typing import Any
 from braceexpand import braceexpand
 
 from torchseq.errors import ConfigError, ShardNotFoundError
+from torchseq.sources.remote import RetryPolicy, glob_remote
 
 ShardSpec = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
@@ -29,8 +30,6 @@ def _glob_part(path: str) -> str:
 
 def _glob(pattern: str, storage_options: Mapping[str, Any] | None, retry: Any) -> list[str]:
     if is_url(pattern):
-        from torchseq.sources.remote import RetryPolicy, glob_remote
-
         return glob_remote(pattern, storage_options, retry or RetryPolicy())
     return sorted(globlib.glob(pattern.removeprefix("file://")))
 

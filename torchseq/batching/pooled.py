@@ -1,80 +1,33 @@
-"""Grouping records into batches: fixed size, length-bucketed, token budget.
+"""Pooled batching: fill a pool, sort it by length, cut it, shuffle the cuts.
 
-Each stage yields lists of records. Lengths are token counts from
-``record["tokens"]`` (so batching by length comes after ``tokenize``).
-Each stage takes ``unique=`` for duplicate-free batches (:mod:`torchseq.unique`).
+``BucketBatch`` cuts pools into batches of a fixed size, ``TokenBudgetBatch``
+into batches within a padded-token budget. Lengths are token counts from
+``record["tokens"]`` (so batching by length comes after ``tokenize``). Both
+take ``unique=`` for duplicate-free batches (:mod:`torchseq.batching.unique`).
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchseq.context import Context, derive_seed
-from torchseq.errors import ConfigError
-from torchseq.lengths import (
+from torchseq.batching.fixed import check_positive
+from torchseq.batching.lengths import (
     FixedSize,
     TokenBudget,
     column_lengths,
     dominant_first,
     fit_count,
     length_class,
-    length_ranking,
 )
+from torchseq.batching.unique import NEW, Limit, Unique, UniquePacker
+from torchseq.context import Context
+from torchseq.errors import ConfigError
+from torchseq.protocol import Counters, Running
 from torchseq.records import Record
-from torchseq.shuffle import restore_rng
-from torchseq.state import Slot, SnapshotEncoder, decode_records
-from torchseq.unique import NEW, Limit, Unique, UniquePacker, planned_batches
-
-
-def _check_positive(stage: str, name: str, value: int) -> None:
-    if value < 1:
-        raise ConfigError(f"{stage}: {name} must be >= 1, got {value}")
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Consecutive groups of ``batch_size`` elements.
-
-    State: ``partial`` (the batch being filled); with ``unique``, ``unique``
-    (see :class:`~torchseq.unique.UniquePacker`) instead.
-    """
-
-    batch_size: int
-    drop_last: bool = False
-    unique: Unique | None = field(default=None, kw_only=True)
-
-    def __post_init__(self) -> None:
-        _check_positive("batch", "batch_size", self.batch_size)
-
-    def balance_quantum(self) -> tuple[int, bool]:
-        return self.batch_size, self.drop_last
-
-    def __call__(self, upstream: Iterator[Any], ctx: Context, slot: Slot) -> Iterator[list[Any]]:
-        if self.unique is not None:
-            packer = UniquePacker(self.unique, FixedSize(self.batch_size), slot.resume.get("unique"),
-                                  planned_batches(ctx))
-            slot.snapshot = lambda: {"unique": packer.snapshot()}
-            ctx.stats.register(packer.statistics)
-            return _unique_stream(upstream, packer, self.drop_last)
-        partial: list[Any] = decode_records(slot.resume.get("partial", []))
-        live = [partial]
-        encoder = SnapshotEncoder()
-        slot.snapshot = lambda: {"partial": encoder(live[0])}
-        return self._batches(upstream, live)
-
-    def _batches(self, upstream: Iterator[Any], live: list[list[Any]]) -> Iterator[list[Any]]:
-        size = self.batch_size
-        for item in upstream:
-            live[0].append(item)
-            if len(live[0]) == size:
-                batch, live[0] = live[0], []
-                yield batch
-        if live[0] and not self.drop_last:
-            batch, live[0] = live[0], []
-            yield batch
+from torchseq.rng import restore_rng, seeded_random
+from torchseq.state import SnapshotEncoder, State, decode_records
 
 
 class _PooledBatcher:
@@ -97,60 +50,17 @@ class _PooledBatcher:
         raise NotImplementedError  # abstract
 
     def limit(self) -> Limit:
-        """The batch-size rule as an incremental :class:`~torchseq.unique.Limit`."""
+        """The batch-size rule as an incremental :class:`~torchseq.batching.unique.Limit`."""
         raise NotImplementedError  # abstract
 
     def pooling(self, ctx: Context) -> tuple[int, int | None]:
         """``(pool size, records per batch to cut pools into, or None to cut freely)``."""
         return self.pool_limit, None
 
-    def __call__(self, upstream: Iterator[Record], ctx: Context, slot: Slot) -> Iterator[list[Record]]:
-        rng = random.Random(derive_seed(type(self).__name__, self.seed, ctx.epoch, ctx.rank, ctx.worker))
-        if "rng" in slot.resume:
-            restore_rng(rng, slot.resume["rng"])
-        live: dict[str, Any] = {
-            "pool": decode_records(slot.resume.get("pool", [])),
-            "ready": [decode_records(b) for b in slot.resume.get("ready", [])],
-            "packer": None,
-        }
-        pool_size, per_batch = self.pooling(ctx)
-        if self.unique is not None:
-            # Under DDP the batch count is planned: keep the plan's batch size
-            # (any per_batch records fit the budget) and its number of batches.
-            limit = FixedSize(per_batch) if per_batch is not None else self.limit()
-            live["packer"] = UniquePacker(self.unique, limit, slot.resume.get("unique"), planned_batches(ctx))
-            ctx.stats.register(live["packer"].statistics)
+    def open(self, upstream: Iterator[Record], ctx: Context, state: State) -> Running:
+        return _Pooling(self, upstream, ctx, state)
 
-        encoder = SnapshotEncoder()
-
-        def snapshot() -> dict[str, Any]:
-            state = {
-                "pool": encoder.encode(live["pool"]),
-                "ready": [encoder.encode(b) for b in live["ready"]],
-                "rng": rng.getstate(),
-            }
-            encoder.done()
-            if live["packer"] is not None:
-                state["unique"] = live["packer"].snapshot()
-            return state
-
-        slot.snapshot = snapshot
-        return self._batches(upstream, live, rng, pool_size, per_batch)
-
-    def _release(self, live: dict[str, Any], rng: random.Random, final: bool, per_batch: int | None) -> None:
-        pool = live["pool"]
-        live["pool"] = []
-        if live["packer"] is not None:
-            batches = _unique_cut(live["packer"], pool, final, getattr(self, "drop_last", False), self._ranking)
-        else:
-            batches = self.cut([pool[i] for i in self._ranking(pool)], final)
-            if per_batch is not None:
-                batches = fit_count(batches, -(-len(pool) // per_batch))
-        if self.shuffle_batches:
-            rng.shuffle(batches)
-        live["ready"] = batches
-
-    def _ranking(self, pool: list[Record]) -> list[int]:
+    def ranking(self, pool: list[Record]) -> list[int]:
         """Indices of ``pool`` in an order that pads little over all columns.
 
         Sorting by one column leaves the others random within a batch (short
@@ -181,27 +91,72 @@ class _PooledBatcher:
             start += step
         return out
 
-    def _batches(
-        self,
-        upstream: Iterator[Record],
-        live: dict[str, Any],
-        rng: random.Random,
-        pool_size: int,
-        per_batch: int | None,
-    ) -> Iterator[list[Record]]:
-        ready = live["ready"]
+
+class _Pooling(Running):
+    """A pooled batcher at work. State: ``pool``, ``ready``, ``rng``; with ``unique`` also ``unique``."""
+
+    __slots__ = ("stage", "rng", "pool", "ready", "packer", "encoder", "pool_size", "per_batch")
+
+    def __init__(self, stage: _PooledBatcher, upstream: Iterator[Record], ctx: Context, state: State) -> None:
+        self.stage = stage
+        self.rng = seeded_random(type(stage).__name__, stage.seed, ctx.epoch, ctx.rank, ctx.worker)
+        if "rng" in state:
+            restore_rng(self.rng, state["rng"])
+        self.pool: list[Record] = decode_records(state.get("pool", []))
+        self.ready: list[list[Record]] = [decode_records(b) for b in state.get("ready", [])]
+        self.pool_size, self.per_batch = stage.pooling(ctx)
+        self.packer: UniquePacker | None = None
+        if stage.unique is not None:
+            # Under DDP the batch count is planned: keep the plan's batch size
+            # (any per_batch records fit the budget) and its number of batches.
+            limit = FixedSize(self.per_batch) if self.per_batch is not None else stage.limit()
+            self.packer = UniquePacker(stage.unique, limit, state.get("unique"), ctx.planned_batches)
+        self.encoder = SnapshotEncoder()
+        self.iterator = self._batches(upstream)
+
+    def state_dict(self) -> State:
+        encoder = self.encoder
+        state: State = {
+            "pool": encoder.encode(self.pool),
+            "ready": [encoder.encode(b) for b in self.ready],
+            "rng": self.rng.getstate(),
+        }
+        encoder.done()
+        if self.packer is not None:
+            state["unique"] = self.packer.snapshot()
+        return state
+
+    def counters(self) -> Counters:
+        return self.packer.statistics() if self.packer is not None else {}
+
+    def _release(self, final: bool) -> None:
+        stage = self.stage
+        pool, self.pool = self.pool, []
+        if self.packer is not None:
+            batches = _unique_cut(self.packer, pool, final, getattr(stage, "drop_last", False), stage.ranking)
+        else:
+            batches = stage.cut([pool[i] for i in stage.ranking(pool)], final)
+            if self.per_batch is not None:
+                batches = fit_count(batches, -(-len(pool) // self.per_batch))
+        if stage.shuffle_batches:
+            self.rng.shuffle(batches)
+        self.ready = batches
+
+    def _batches(self, upstream: Iterator[Record]) -> Iterator[list[Record]]:
+        ready = self.ready
         while ready:
             yield ready.pop()
+        pool_size = self.pool_size
         for record in upstream:
-            live["pool"].append(record)
-            if len(live["pool"]) >= pool_size:
-                self._release(live, rng, False, per_batch)
-                ready = live["ready"]
+            self.pool.append(record)
+            if len(self.pool) >= pool_size:
+                self._release(False)
+                ready = self.ready
                 while ready:
                     yield ready.pop()
-        if live["pool"] or (live["packer"] is not None and live["packer"].holding):
-            self._release(live, rng, True, per_batch)
-            ready = live["ready"]
+        if self.pool or (self.packer is not None and self.packer.holding):
+            self._release(True)
+            ready = self.ready
             while ready:
                 yield ready.pop()
 
@@ -224,8 +179,8 @@ class BucketBatch(_PooledBatcher):
     unique: Unique | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
-        _check_positive("bucket", "batch_size", self.batch_size)
-        _check_positive("bucket", "pool_batches", self.pool_batches)
+        check_positive("bucket", "batch_size", self.batch_size)
+        check_positive("bucket", "pool_batches", self.pool_batches)
 
     @property
     def pool_limit(self) -> int:
@@ -254,7 +209,7 @@ class TokenBudgetBatch(_PooledBatcher):
     while ``padded_tokens(batch) <= max_tokens``. A record that alone exceeds
     the budget forms its own batch.
 
-    Under DDP (equal batches per rank, :mod:`torchseq.balance`) the number of
+    Under DDP (equal batches per rank, :mod:`torchseq.plan`) the number of
     batches must follow from record counts alone, so it is planned for the
     worst case. ``max_record_tokens`` bounds one record's padded width summed
     over the columns (each text truncated to ``max_length``), so any
@@ -276,11 +231,11 @@ class TokenBudgetBatch(_PooledBatcher):
     unique: Unique | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
-        _check_positive("batch_by_tokens", "max_tokens", self.max_tokens)
+        check_positive("batch_by_tokens", "max_tokens", self.max_tokens)
         if self.pool_size is not None:
-            _check_positive("batch_by_tokens", "pool_size", self.pool_size)
+            check_positive("batch_by_tokens", "pool_size", self.pool_size)
         if self.max_record_tokens is not None:
-            _check_positive("batch_by_tokens", "max_record_tokens", self.max_record_tokens)
+            check_positive("batch_by_tokens", "max_record_tokens", self.max_record_tokens)
 
     @property
     def pool_limit(self) -> int:
@@ -289,11 +244,11 @@ class TokenBudgetBatch(_PooledBatcher):
         # dev corpus) whatever the budget; 4,096 at least.
         return self.pool_size if self.pool_size is not None else max(4096, self.max_tokens)
 
-    def _ranking(self, pool: list[Record]) -> list[int]:
+    def ranking(self, pool: list[Record]) -> list[int]:
         """Sort by length class of the column holding most tokens, then the others.
 
         Budget batches are large and of varying size, so the windows of
-        :meth:`_PooledBatcher._ranking` do not fit them. Length classes about
+        :meth:`_PooledBatcher.ranking` do not fit them. Length classes about
         9% wide (eight per doubling) keep the long column nearly uniform
         within a batch and let the short columns sort within each class.
         """
@@ -320,7 +275,7 @@ class TokenBudgetBatch(_PooledBatcher):
         return per_batch, False
 
     def pooling(self, ctx: Context) -> tuple[int, int | None]:
-        if ctx.share is None or not ctx.share.guard:  # one rank: nothing to keep in step
+        if ctx.planned_batches is None:  # one rank: nothing to keep in step
             return self.pool_limit, None
         per_batch = self.balance_quantum()[0]
         return -(-self.pool_limit // per_batch) * per_batch, per_batch
@@ -344,22 +299,12 @@ class TokenBudgetBatch(_PooledBatcher):
         return TokenBudget(self.max_tokens, self.max_batch_size)
 
 
-# ---------------------------------------------------------------- duplicate-free batching
-def _unique_stream(upstream: Iterator[Any], packer: UniquePacker, drop_last: bool) -> Iterator[list[Any]]:
-    """``Batch`` with ``unique``: records in arrival order, batches as they complete."""
-    for item in upstream:
-        packer.push(item)
-        yield from packer.drain()
-    packer.finish(drop_last)
-    yield from packer.drain()
-
-
 def _unique_cut(
     packer: UniquePacker,
     pool: list[Record],
     final: bool,
     drop_last: bool,
-    ranking: Callable[[list[Record]], list[int]] = length_ranking,
+    ranking: Callable[[list[Record]], list[int]],
 ) -> list[list[Record]]:
     """Pooled batchers with ``unique``: what the packer still holds joins the pool, sorted by length.
 

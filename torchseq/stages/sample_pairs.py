@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from torchseq.context import Context, derive_seed
+from torchseq.context import Context
 from torchseq.errors import ConfigError, DataError
+from torchseq.protocol import Counters, Running
 from torchseq.records import Record
-from torchseq.state import Slot
+from torchseq.rng import derive_seed
+from torchseq.state import State
 
 _MASK = (1 << 64) - 1
 COUNTERS = ("records", "sets", "positives", "short_negatives", "swapped")
@@ -86,20 +88,8 @@ class SamplePairs:
         if self.num_negatives is not None and self.num_negatives < 0:
             raise ConfigError(f"sample_pairs: num_negatives must be >= 0 or None, got {self.num_negatives}")
 
-    def __call__(self, upstream: Iterator[Record], ctx: Context, slot: Slot) -> Iterator[Record]:
-        counters = {name: 0 for name in COUNTERS}
-        for name, value in slot.resume.get("counters", {}).items():
-            counters[name.removeprefix("sample_pairs.")] = int(value)
-        slot.snapshot = lambda: {"counters": {f"sample_pairs.{k}": v for k, v in counters.items()}}
-        return self._draw_all(upstream, ctx.epoch, counters)
-
-    def _draw_all(self, upstream: Iterator[Record], epoch: int, counters: dict[str, int]) -> Iterator[Record]:
-        for record in upstream:
-            if not isinstance(record, dict) or "tokens" in record:
-                raise ConfigError("sample_pairs: expects untokenized records; put it before tokenize and batching")
-            out = self.draw(record, epoch, counters)
-            counters["records"] += 1
-            yield out
+    def open(self, upstream: Iterator[Record], ctx: Context, state: State) -> Running:
+        return _Drawing(self, upstream, ctx.epoch, state)
 
     def draw(self, record: Record, epoch: int, counters: dict[str, int] | None = None) -> Record:
         """The record as drawn for ``epoch``."""
@@ -134,3 +124,29 @@ class SamplePairs:
             out["anchor"], out["positive"] = out["positive"], out["anchor"]
             counts["swapped"] += 1
         return out
+
+
+class _Drawing(Running):
+    __slots__ = ("counts",)
+
+    def __init__(self, stage: SamplePairs, upstream: Iterator[Record], epoch: int, state: State) -> None:
+        self.counts = dict.fromkeys(COUNTERS, 0)
+        for name, value in state.get("counters", {}).items():
+            self.counts[name.removeprefix("sample_pairs.")] = int(value)
+        self.iterator = self._draw_all(stage, upstream, epoch)
+
+    def counters(self) -> Counters:
+        return {f"sample_pairs.{k}": v for k, v in self.counts.items()}
+
+    def state_dict(self) -> State:
+        return {"counters": self.counters()}
+
+    def _draw_all(self, stage: SamplePairs, upstream: Iterator[Record], epoch: int) -> Iterator[Record]:
+        counts = self.counts
+        draw = stage.draw
+        for record in upstream:
+            if not isinstance(record, dict) or "tokens" in record:
+                raise ConfigError("sample_pairs: expects untokenized records; put it before tokenize and batching")
+            out = draw(record, epoch, counts)
+            counts["records"] += 1
+            yield out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 
-from torchseq.errors import ConfigError
+from torchseq.errors import BalanceWarning, ConfigError
 from torchseq.records import Record
 
 
@@ -29,16 +29,6 @@ def column_lengths(record: Record) -> tuple[int, ...]:
         else:
             lengths.append(len(ids))
     return tuple(lengths)
-
-
-def length_ranking(records: list[Record]) -> list[int]:
-    """Indices of ``records`` in the order a pooled batcher cuts them."""
-    lengths = [column_lengths(r) for r in records]
-    # Sort by the column holding most tokens first (the long side of the
-    # pairs), then the others: that column dominates the padding.
-    order = dominant_first(lengths)
-    keys = [tuple(row[i] for i in order) for row in lengths]
-    return sorted(range(len(records)), key=keys.__getitem__)
 
 
 def padded_tokens(records: list[Record]) -> int:
@@ -69,7 +59,7 @@ def fit_count(batches: list[list[Record]], count: int) -> list[list[Record]]:
     Halving keeps each part within the budget of the whole. Only when a record
     broke the ``max_record_tokens`` bound can there be too many batches; then
     the smallest neighbours are merged, past the budget, and a
-    :class:`~torchseq.balance.BalanceWarning` says so.
+    :class:`~torchseq.errors.BalanceWarning` says so.
     """
     costs = [padded_tokens(b) for b in batches]
     while len(batches) < count:
@@ -78,8 +68,6 @@ def fit_count(batches: list[list[Record]], count: int) -> list[list[Record]]:
         batches[i : i + 1] = [batches[i][:half], batches[i][half:]]
         costs[i : i + 1] = [padded_tokens(batches[i]), padded_tokens(batches[i + 1])]
     if len(batches) > count:
-        from torchseq.guard import BalanceWarning
-
         warnings.warn(
             f"batch_by_tokens: a pool needed {len(batches)} batches where {count} were planned "
             "(a record exceeded max_record_tokens); merged some past max_tokens to keep "

@@ -12,24 +12,25 @@ Output of :class:`Collate`::
 
 Each column is padded to its own longest sequence in the batch (rounded up to
 ``pad_to_multiple_of``), with the tokenizer's pad id; masks are 1 on real tokens.
-The dict is a :class:`~torchseq.transport.CollatedBatch`, which crosses
+The dict is a :class:`~torchseq.batching.transport.CollatedBatch`, which crosses
 DataLoader worker queues as compact bytes instead of shared-memory tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from torchseq.batching.transport import CollatedBatch
 from torchseq.context import Context
 from torchseq.errors import ConfigError, DataError
+from torchseq.protocol import Counters, Running, expect_no_state
 from torchseq.records import Record
-from torchseq.state import Slot
-from torchseq.transport import CollatedBatch
+from torchseq.state import State
 
 PASSTHROUGH_FIELDS = ("guid", "dataset")
 
@@ -64,7 +65,7 @@ def collate_records(
     first = records[0].get("tokens")
     if first is None:
         raise ConfigError("collate: records have no token ids; put .tokenize(...) before .collate()")
-    # A dict that crosses DataLoader worker queues as compact bytes (torchseq.transport).
+    # A dict that crosses DataLoader worker queues as compact bytes (torchseq.batching.transport).
     batch: dict[str, Any] = CollatedBatch()
     for name in first:
         if name == "negatives":
@@ -97,24 +98,43 @@ def collate_records(
 class Collate:
     """Turn each batch (a list of tokenized records) into padded tensors. Stateless.
 
-    ``pad_id=None`` takes the pad id of the pipeline's tokenizer (0 without one).
+    The pipeline hands the pad id over: ``pad_id`` when the user gave one or
+    the tokenizer is known, else ``pad_id_of``, called once per run in the
+    worker (pre-tokenized shards record theirs beside the shards), else 0.
+
+    Counters: ``real_tokens``, ``padded_tokens`` (padding efficiency in ``pipe.stats()``).
     """
 
     pad_to_multiple_of: int | None = None
     pad_id: int | None = None
-    tokenizer_stage: Any = field(default=None, repr=False)
+    pad_id_of: Callable[[], int] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ConfigError(f"collate: pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
 
-    def __call__(self, upstream: Iterator[list[Record]], ctx: Context, slot: Slot) -> Iterator[dict[str, Any]]:
-        pad_id = self.pad_id
-        if pad_id is None:
-            pad_id = self.tokenizer_stage.resolved_pad_id() if self.tokenizer_stage is not None else 0
-        multiple = self.pad_to_multiple_of
-        tokens = {"real_tokens": 0, "padded_tokens": 0}  # for pipe.stats(): padding efficiency
-        ctx.stats.register(lambda: dict(tokens))
+    def resolved_pad_id(self) -> int:
+        if self.pad_id is not None:
+            return self.pad_id
+        return self.pad_id_of() if self.pad_id_of is not None else 0
+
+    def open(self, upstream: Iterator[list[Record]], ctx: Context, state: State) -> Running:
+        expect_no_state("collate", state)
+        return _Collating(upstream, self.resolved_pad_id(), self.pad_to_multiple_of)
+
+
+class _Collating(Running):
+    __slots__ = ("real_tokens", "padded_tokens")
+
+    def __init__(self, upstream: Iterator[list[Record]], pad_id: int, multiple: int | None) -> None:
+        self.real_tokens = 0
+        self.padded_tokens = 0
+        self.iterator = self._collate(upstream, pad_id, multiple)
+
+    def counters(self) -> Counters:
+        return {"real_tokens": self.real_tokens, "padded_tokens": self.padded_tokens}
+
+    def _collate(self, upstream: Iterator[list[Record]], pad_id: int, multiple: int | None) -> Iterator[Any]:
         for records in upstream:
             if not isinstance(records, list):
                 raise ConfigError("collate: expects batches; put .batch()/.bucket()/.batch_by_tokens() before it")
@@ -122,6 +142,6 @@ class Collate:
             for column in batch.values():
                 if isinstance(column, dict) and "attention_mask" in column:
                     mask = column["attention_mask"]
-                    tokens["real_tokens"] += int(mask.sum())
-                    tokens["padded_tokens"] += mask.numel()
+                    self.real_tokens += int(mask.sum())
+                    self.padded_tokens += mask.numel()
             yield batch

@@ -37,6 +37,7 @@ from typing import Any
 
 from torchseq.errors import RemoteError
 from torchseq.sources.base import ShardFault, ShardSource
+from torchseq.sources.remote import filesystem_for, with_retry
 from torchseq.sources.spec import is_url
 
 INDEX_NAME = ".torchseq-index.json"
@@ -111,10 +112,9 @@ def _listing(directory: str, source: ShardSource) -> dict[str, str]:
                     stat = entry.stat()
                     keys[entry.name] = f"{stat.st_size}:{stat.st_mtime_ns}"
         return keys
-    from torchseq.sources.remote import filesystem_for, with_retry
-
-    fs = filesystem_for(directory, source.opener.storage_options)
-    listing = with_retry(directory, "listing", source.opener.retry, lambda: fs.ls(directory, detail=True))
+    options = source.options
+    fs = filesystem_for(directory, options.storage_options)
+    listing = with_retry(directory, "listing", options.retry, lambda: fs.ls(directory, detail=True))
     keys = {}
     for info in listing:
         if info.get("type") == "directory":

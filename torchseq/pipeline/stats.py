@@ -2,9 +2,9 @@
 
 Workers cannot hand counters back through the batches (that would hide them
 in sample dicts), and a DataLoader worker's memory is its own. So each
-:class:`~torchseq.pipeline.Pipeline` allocates a small shared-memory table in
-the main process, next to its epoch tensor; forked and spawned workers
-inherit it. Each worker owns one row and writes its counters there as a JSON
+pipeline that is iterated allocates a small shared-memory table in the main
+process, next to its epoch tensor (see :mod:`torchseq.pipeline.shared`);
+forked and spawned workers inherit it. Each worker owns one row and writes its counters there as a JSON
 document, periodically (every :data:`FLUSH_SECONDS` while batches flow, and
 when its iteration ends) -- never per record. ``pipe.stats()`` in the main
 process reads every row and sums them.
@@ -13,20 +13,21 @@ A row holds everything its worker id has counted since the pipeline was
 created (or since :meth:`StatsTable.reset`): a new iteration, e.g. the next
 epoch in a non-persistent worker, starts from the row's previous content.
 
-Stages contribute through ``ctx.stats.register(provider)``: ``provider()``
-returns a dict of counters for the current iteration (numbers, dicts of
-numbers, or lists), read at each flush in the worker's own thread. The
-built-in providers:
+Counts come from the running stages' ``counters()`` (the one channel for
+counters, :mod:`torchseq.protocol`): a dict for the current iteration
+(numbers, dicts of numbers, or lists), read at each flush in the worker's
+own thread. What the built-in stages count:
 
 * sources: ``records``, ``skipped`` (by reason), ``errors`` (first skipped
   inputs as ``[place, reason, message]``), ``sources`` (records per source),
   ``empty_shards``;
 * collate: ``real_tokens``, ``padded_tokens``;
+* ``unique=`` batching, ``sample_pairs`` and ``mix``: ``unique.*``,
+  ``sample_pairs.*``, ``mix.<source>.*``;
 * the pipeline itself: ``batches`` (elements the pipeline yielded) and
   ``active_seconds``.
 
-Other stages add their own counters the same way (a deduplicating batcher
-would report ``{"deferred": n}``); unknown names appear in
+Other stages add their own counters the same way; unknown names appear in
 :attr:`PipelineStats.counters`.
 
 Each row uses a sequence lock: the writer makes the sequence number odd,
@@ -45,7 +46,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchseq.errors import SkippedInput
+from torchseq.errors import SkippedInput, StatsWarning
+from torchseq.protocol import Counters
 
 #: Rows of the table: DataLoader worker ids ``0 .. MAX_WORKERS-1`` (the main process is row 0).
 MAX_WORKERS = 32
@@ -53,11 +55,7 @@ ROW_BYTES = 8192
 FLUSH_SECONDS = 0.25
 _HEADER = 16  # int64 sequence number, int64 payload length
 
-Provider = Callable[[], dict[str, Any]]
-
-
-class StatsWarning(UserWarning):
-    """Statistics could not be recorded for a worker (more than MAX_WORKERS workers)."""
+Provider = Callable[[], Counters]
 
 
 def merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
@@ -135,8 +133,8 @@ class StatsTable:
         """Forget everything counted so far (call while no iteration is running)."""
         self.tensor.numpy().fill(0)
 
-    def writer(self, row: int) -> StatsWriter:
-        return StatsWriter(self, row)
+    def writer(self, row: int, provider: Provider) -> StatsWriter:
+        return StatsWriter(self, row, provider)
 
     def collect(self) -> PipelineStats:
         return PipelineStats.from_rows([self.read(r) for r in range(self.rows)])
@@ -156,23 +154,10 @@ def _encode_fitting(payload: dict[str, Any], capacity: int) -> bytes:
     return data
 
 
-class StatsSink:
-    """Where stages register their counters; this base ignores them (no pipeline, tests)."""
+class StatsWriter:
+    """The worker side: flushes the run's counters (``provider()``) into the worker's row."""
 
-    def register(self, provider: Provider) -> None:
-        """Have ``provider()`` read at each flush (in the thread that iterates)."""
-
-    def observe(self, iterator: Iterator[Any]) -> Iterator[Any]:
-        return iterator
-
-
-NULL_STATS = StatsSink()
-
-
-class StatsWriter(StatsSink):
-    """The worker side: collects providers, flushes their sum into the worker's row."""
-
-    def __init__(self, table: StatsTable, row: int) -> None:
+    def __init__(self, table: StatsTable, row: int, provider: Provider) -> None:
         self._table = table
         self._row = row if row < table.rows else None
         if self._row is None:
@@ -183,11 +168,8 @@ class StatsWriter(StatsSink):
                 stacklevel=2,
             )
         self._base = table.read(row) if self._row is not None else {}
-        self._providers: list[Provider] = []
+        self._provider = provider
         self._started = time.monotonic()
-
-    def register(self, provider: Provider) -> None:
-        self._providers.append(provider)
 
     def flush(self, batches: int) -> None:
         if self._row is None:
@@ -198,8 +180,7 @@ class StatsWriter(StatsSink):
             "active_seconds": time.monotonic() - self._started,
             "runs": 1,
         }
-        for provider in self._providers:
-            merge(current, provider())
+        merge(current, self._provider())
         self._table.write(self._row, merge(payload, current))
 
     def observe(self, iterator: Iterator[Any]) -> Iterator[Any]:

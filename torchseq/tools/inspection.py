@@ -19,30 +19,21 @@ from typing import Any
 import numpy as np
 
 from torchseq.batching import Batch, BucketBatch, TokenBudgetBatch
+from torchseq.batching.lengths import padded_tokens, real_tokens
 from torchseq.context import Context
 from torchseq.errors import SKIP_HINT, SkippedInput, TorchseqError, data_error
-from torchseq.lengths import padded_tokens, real_tokens
 from torchseq.records import TEXT_FIELDS, Record, RecordFormatError, detect_format
-from torchseq.sources import JsonlSource, WebDatasetSource
+from torchseq.sources import WebDatasetSource, reader_for
 from torchseq.sources.base import ShardFault, ShardSource, decode_json
 from torchseq.sources.jsonl import OversizedLine
+from torchseq.sources.remote import filesystem_for
 from torchseq.sources.spec import expand_spec
-from torchseq.state import Slot
+from torchseq.stages import load_encoder, tokenizer_spec
 
 PERCENTILES = (10, 50, 90, 99)
 MAX_LISTED_ERRORS = 20
 #: Long enough that no text is cut: lengths are reported before truncation.
 UNTRUNCATED = 1 << 30
-
-
-def reader_for(paths: Sequence[str], reader: str = "auto") -> type[ShardSource]:
-    """The source class for ``reader`` ("jsonl", "webdataset" or "auto": by the first shard's name)."""
-    if reader == "jsonl":
-        return JsonlSource
-    if reader == "webdataset":
-        return WebDatasetSource
-    first = paths[0].split("?", 1)[0].lower() if paths else ""
-    return WebDatasetSource if ".tar" in first or first.endswith(".tgz") else JsonlSource
 
 
 @dataclass
@@ -123,9 +114,7 @@ def _size(path: str, source: ShardSource) -> int | None:
         except OSError:
             return None
     try:
-        from torchseq.sources.remote import filesystem_for
-
-        info = filesystem_for(path, source.opener.storage_options).info(path)
+        info = filesystem_for(path, source.options.storage_options).info(path)
         return int(info["size"]) if info.get("size") is not None else None
     except Exception:  # the size is a nicety; reading will report real problems
         return None
@@ -138,7 +127,7 @@ def _item_format(source: ShardSource, item: Any) -> str:
         layout = "+".join(sorted(members))
         if "json" in members:
             try:
-                kind = detect_format(decode_json(members["json"]), source.fields)
+                kind = detect_format(decode_json(members["json"]), source.options.fields)
             except RecordFormatError:
                 kind = None
             return f"{layout} ({kind or 'unknown'})"
@@ -146,7 +135,7 @@ def _item_format(source: ShardSource, item: Any) -> str:
     if isinstance(item, OversizedLine):
         return "unknown"
     try:
-        return detect_format(decode_json(item), source.fields) or "unknown"
+        return detect_format(decode_json(item), source.options.fields) or "unknown"
     except RecordFormatError:
         return "unknown"
 
@@ -165,8 +154,8 @@ def scan(source: ShardSource, paths: list[str], report: CorpusReport,
                 try:
                     record = source.decode(path, index, item)
                 except (RecordFormatError, TorchseqError) as exc:
-                    reason = getattr(exc, "reason", "bad input")
-                    place = getattr(exc, "place", None) or source.place(path, index, item)
+                    reason = exc.reason
+                    place = exc.place or source.place(path, index, item)
                     _skip(report, summary, SkippedInput(place, reason, str(data_error(place, str(exc), reason))))
                     continue
                 report.formats[_item_format(source, item)] += 1
@@ -207,7 +196,7 @@ def _lengths_of(records: list[Record], encode: Any) -> list[dict[str, list[int]]
 
 
 def _simulate(strategy: str, stage: Any, stand_ins: list[Record]) -> PaddingResult:
-    batches = list(stage(iter(stand_ins), Context(), Slot()))
+    batches = list(stage.open(iter(stand_ins), Context(), {}).iterator)
     real = sum(real_tokens(b) for b in batches)
     padded = sum(padded_tokens(b) for b in batches)
     mean = sum(len(b) for b in batches) / len(batches) if batches else 0.0
@@ -242,13 +231,11 @@ def inspect_corpus(
     specs = [spec] if isinstance(spec, str) else list(spec)
     paths = expand_spec(specs, storage_options)
     cls = reader_for(paths, reader)
-    source = cls.create(specs, fields, "skip", storage_options=storage_options)
+    source = cls.create(specs, fields=fields, on_error="skip", storage_options=storage_options)
     report = CorpusReport(specs, "webdataset" if cls is WebDatasetSource else "jsonl",
                           num_shards=len(paths), max_length=max_length)
     encode = None
     if tokenizer is not None:
-        from torchseq.tokenize import load_encoder, tokenizer_spec
-
         encode = load_encoder(tokenizer_spec(tokenizer), UNTRUNCATED)[0]
         report.unit = "tokens"
         report.tokenizer = os.path.basename(tokenizer) if isinstance(tokenizer, str) else type(tokenizer).__name__

@@ -32,18 +32,10 @@ import numpy as np
 
 from torchseq.context import Context
 from torchseq.errors import ConfigError, SkippedInput
-from torchseq.inspection import reader_for, short_message
 from torchseq.records import Record
+from torchseq.sources.reader import is_tar_name, reader_for
 from torchseq.sources.spec import expand_spec
-from torchseq.state import Slot
-from torchseq.stats import StatsSink
-
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-
-
-def is_tar(path: str) -> bool:
-    return path.lower().endswith(TAR_SUFFIXES)
-
+from torchseq.tools.inspection import short_message
 
 @dataclass
 class ConvertReport:
@@ -52,17 +44,6 @@ class ConvertReport:
     skipped: Counter[str] = field(default_factory=Counter)
     errors: list[SkippedInput] = field(default_factory=list)
     dropped_fields: Counter[str] = field(default_factory=Counter)  # what the output format cannot hold
-
-
-class _Collector(StatsSink):
-    def __init__(self) -> None:
-        self.providers: list[Any] = []
-
-    def register(self, provider: Any) -> None:
-        self.providers.append(provider)
-
-    def read(self) -> dict[str, Any]:
-        return dict(self.providers[0]()) if self.providers else {}
 
 
 def _json_safe(record: Record, report: ConvertReport) -> dict[str, Any]:
@@ -115,7 +96,7 @@ class _Writer:
         self._tar: Any = None
         self._file: IO[bytes] | None = None
         self._last_key = ""
-        if is_tar(path):
+        if is_tar_name(path):
             from webdataset import TarWriter
 
             self._raw = open(self.tmp, "wb")
@@ -193,11 +174,11 @@ def _records_by_shard(
 
     def generate() -> Iterator[tuple[int, Record]]:
         for number, path in enumerate(paths):
-            source = cls.create([path], fields, on_error, storage_options=storage_options)
-            collector = _Collector()
-            for record in source(Context(stats=collector), Slot()):
+            source = cls.create([path], fields=fields, on_error=on_error, storage_options=storage_options)
+            running = source.open(Context(), {})
+            for record in running.iterator:
                 yield number, record
-            counted = collector.read()
+            counted = running.counters()
             report.skipped.update(counted.get("skipped", {}))
             for place, reason, message in counted.get("errors", []):
                 report.errors.append(SkippedInput(place, reason, message))

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from torchseq.context import Context
-from torchseq.state import Slot
+from torchseq.protocol import Stateless, expect_no_state
+from torchseq.state import State
 
 
 @dataclass(frozen=True)
@@ -16,8 +17,9 @@ class Map:
 
     fn: Callable[[Any], Any]
 
-    def __call__(self, upstream: Iterator[Any], ctx: Context, slot: Slot) -> Iterator[Any]:
-        return map(self.fn, upstream)
+    def open(self, upstream: Iterator[Any], ctx: Context, state: State) -> Stateless:
+        expect_no_state("map", state)
+        return Stateless(map(self.fn, upstream))
 
 
 @dataclass(frozen=True)
@@ -26,5 +28,6 @@ class Filter:
 
     fn: Callable[[Any], bool]
 
-    def __call__(self, upstream: Iterator[Any], ctx: Context, slot: Slot) -> Iterator[Any]:
-        return filter(self.fn, upstream)
+    def open(self, upstream: Iterator[Any], ctx: Context, state: State) -> Stateless:
+        expect_no_state("filter", state)
+        return Stateless(filter(self.fn, upstream))

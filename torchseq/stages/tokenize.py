@@ -22,8 +22,10 @@ from typing import Any
 
 from torchseq.context import Context
 from torchseq.errors import ConfigError
+from torchseq.protocol import Running
 from torchseq.records import TEXT_FIELDS, Record
-from torchseq.state import Slot, decode_records, encode_records
+from torchseq.stages.encoder import FastEncoder
+from torchseq.state import State, decode_records, encode_records
 
 Encoder = Callable[[list[str]], list[list[int]]]
 
@@ -53,9 +55,7 @@ def _pad_id_of(tok: Any) -> int:
 
 def _rust_encoder(tok: Any, max_length: int) -> Encoder:
     # Ids identical to tok.encode(text).ids with truncation, with the work
-    # nobody uses (offsets, overflow, whole documents) cut; see torchseq.encoder.
-    from torchseq.encoder import FastEncoder
-
+    # nobody uses (offsets, overflow, whole documents) cut; see torchseq.stages.encoder.
     return FastEncoder(tok, max_length)
 
 
@@ -128,37 +128,8 @@ class Tokenize:
     def resolved_pad_id(self) -> int:
         return load_encoder(self.tokenizer, self.max_length, self.pad_id)[1]
 
-    def __call__(self, upstream: Iterator[Record], ctx: Context, slot: Slot) -> Iterator[Record]:
-        pending = decode_records(slot.resume.get("pending", []))
-        live: list[Any] = [[], 0]  # [current chunk, index of the next record to yield]
-
-        def snapshot() -> dict[str, Any]:
-            chunk, position = live
-            return {"pending": encode_records(_strip_tokens(r) for r in chunk[position:])}
-
-        slot.snapshot = snapshot
-        return self._tokenize(upstream, pending, live)
-
-    def _tokenize(self, upstream: Iterator[Record], pending: list[Record], live: list[Any]) -> Iterator[Record]:
-        encode, _ = load_encoder(self.tokenizer, self.max_length, self.pad_id)
-        size = self.chunk_size
-        source = iter(upstream)
-        carry = pending
-        while True:
-            chunk = carry
-            carry = []
-            for record in source:
-                chunk.append(record)
-                if len(chunk) >= size:
-                    break
-            if not chunk:
-                return
-            chunk = self._encode_chunk(chunk, encode)
-            live[0] = chunk
-            for position in range(len(chunk)):
-                live[1] = position + 1
-                yield chunk[position]
-            live[0], live[1] = [], 0
+    def open(self, upstream: Iterator[Record], ctx: Context, state: State) -> Running:
+        return _Tokenizing(self, upstream, state)
 
     def _encode_chunk(self, chunk: list[Record], encode: Encoder) -> list[Record]:
         out = [dict(r) for r in chunk]
@@ -182,6 +153,41 @@ class Tokenize:
                 for r, seq in zip(owners, encode([r[name] for r in owners]), strict=True):
                     r["tokens"][name] = seq
         return out
+
+
+class _Tokenizing(Running):
+    """State: the records of the current chunk not yet yielded (``chunk[position:]``)."""
+
+    __slots__ = ("chunk", "position")
+
+    def __init__(self, stage: Tokenize, upstream: Iterator[Record], state: State) -> None:
+        self.chunk: list[Record] = []
+        self.position = 0
+        self.iterator = self._tokenize(stage, upstream, decode_records(state.get("pending", [])))
+
+    def state_dict(self) -> State:
+        return {"pending": encode_records(_strip_tokens(r) for r in self.chunk[self.position :])}
+
+    def _tokenize(self, stage: Tokenize, upstream: Iterator[Record], pending: list[Record]) -> Iterator[Record]:
+        encode, _ = load_encoder(stage.tokenizer, stage.max_length, stage.pad_id)
+        size = stage.chunk_size
+        source = iter(upstream)
+        carry = pending
+        while True:
+            chunk = carry
+            carry = []
+            for record in source:
+                chunk.append(record)
+                if len(chunk) >= size:
+                    break
+            if not chunk:
+                return
+            chunk = stage._encode_chunk(chunk, encode)
+            self.chunk = chunk
+            for position in range(len(chunk)):
+                self.position = position + 1
+                yield chunk[position]
+            self.chunk, self.position = [], 0
 
 
 def tokenizer_spec(tokenizer: Any) -> Any:

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from torchseq.context import Context, derive_seed
+from torchseq.context import Context
 from torchseq.errors import ConfigError
-from torchseq.state import Slot, SnapshotEncoder, decode_records
-
-
-def restore_rng(rng: random.Random, state: Any) -> None:
-    """Load a ``random.Random`` state that went through builtins (lists for tuples)."""
-    version, internal, gauss = state
-    rng.setstate((version, tuple(internal), gauss))
+from torchseq.protocol import Running
+from torchseq.rng import restore_rng, seeded_random
+from torchseq.state import SnapshotEncoder, State, decode_records
 
 
 @dataclass(frozen=True)
@@ -36,18 +31,27 @@ class BufferShuffle:
         if self.buffer_size < 1:
             raise ConfigError(f"shuffle: buffer_size must be >= 1, got {self.buffer_size}")
 
-    def __call__(self, upstream: Iterator[Any], ctx: Context, slot: Slot) -> Iterator[Any]:
-        rng = random.Random(derive_seed("shuffle", self.seed, ctx.epoch, ctx.rank, ctx.worker))
-        buffer: list[Any] = decode_records(slot.resume.get("buffer", []))
-        if "rng" in slot.resume:
-            restore_rng(rng, slot.resume["rng"])
-        encoder = SnapshotEncoder()
-        slot.snapshot = lambda: {"buffer": encoder(buffer), "rng": rng.getstate()}
-        return self._shuffle(upstream, buffer, rng)
+    def open(self, upstream: Iterator[Any], ctx: Context, state: State) -> Running:
+        return _Shuffling(self.buffer_size, upstream, ctx, self.seed, state)
 
-    def _shuffle(self, upstream: Iterator[Any], buffer: list[Any], rng: random.Random) -> Iterator[Any]:
-        size = self.buffer_size
-        randbelow = rng.randrange
+
+class _Shuffling(Running):
+    __slots__ = ("buffer", "rng", "encoder")
+
+    def __init__(self, size: int, upstream: Iterator[Any], ctx: Context, seed: int, state: State) -> None:
+        self.rng = seeded_random("shuffle", seed, ctx.epoch, ctx.rank, ctx.worker)
+        if "rng" in state:
+            restore_rng(self.rng, state["rng"])
+        self.buffer: list[Any] = decode_records(state.get("buffer", []))
+        self.encoder = SnapshotEncoder()
+        self.iterator = self._shuffle(upstream, size)
+
+    def state_dict(self) -> State:
+        return {"buffer": self.encoder(self.buffer), "rng": self.rng.getstate()}
+
+    def _shuffle(self, upstream: Iterator[Any], size: int) -> Iterator[Any]:
+        buffer = self.buffer
+        randbelow = self.rng.randrange
         for item in upstream:
             if len(buffer) < size:
                 buffer.append(item)

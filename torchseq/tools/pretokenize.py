@@ -10,7 +10,7 @@ member per text field::
     000000042.negatives.0.npy, 000000042.negatives.1.npy, ...   (hard negatives, if any)
     000000042.json            extra fields such as guid / dataset (only if present)
 
-``index.json`` beside the shards (:data:`INDEX_NAME`) holds the record count of
+``index.json`` beside the shards (the manifest, :mod:`torchseq.sources.manifest`) holds the record count of
 every shard, token counts and longest lengths per field, a length histogram per
 field, and the tokenizer facts a reader needs (``pad_id``, ``max_length``,
 ``vocab_size``, the tokenizer file's SHA-256). ``ts.read_webdataset(DIR)``
@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 
 from torchseq.errors import ConfigError
+from torchseq.pipeline import Pipeline
 from torchseq.records import TEXT_FIELDS, Record
-from torchseq.sources.tarstream import npy_bytes
+from torchseq.sources import expand_spec, reader_for
+from torchseq.stages import Tokenize
+from torchseq.sources.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
+from torchseq.sources.npy import npy_bytes
 
-INDEX_NAME = "index.json"
-INDEX_FORMAT = "torchseq.pretokenized"
-INDEX_VERSION = 1
 SHARD_PATTERN = "shard-%05d.tar"
 # Extra record fields kept in KEY.json (texts are not stored: ids only).
 _SKIP_FIELDS = frozenset(TEXT_FIELDS) | {"tokens", "__key__"}
@@ -43,27 +44,6 @@ _SKIP_FIELDS = frozenset(TEXT_FIELDS) | {"tokens", "__key__"}
 def ids_dtype(vocab_size: int) -> np.dtype[Any]:
     """The most compact dtype that holds every id of the vocabulary."""
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
-
-
-def read_index(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The index of a pre-tokenized directory, or None if it has none."""
-    path = Path(directory) / INDEX_NAME
-    if not path.is_file():
-        return None
-    index: dict[str, Any] = json.loads(path.read_text())
-    if index.get("format") != INDEX_FORMAT:
-        raise ConfigError(f"{path}: not a torchseq pre-tokenized index (format {index.get('format')!r})")
-    if index.get("version") != INDEX_VERSION:
-        raise ConfigError(f"{path}: index version {index.get('version')!r}, this torchseq reads {INDEX_VERSION}")
-    return index
-
-
-def index_shards(directory: str | os.PathLike[str]) -> list[str] | None:
-    """Shard paths listed by a directory's index, in order; None without an index."""
-    index = read_index(directory)
-    if index is None:
-        return None
-    return [str(Path(directory) / shard["path"]) for shard in index["shards"]]
 
 
 class _ShardStats:
@@ -114,7 +94,7 @@ def write_shards(
         raise ConfigError(f"pretokenize: shard_size must be >= 1, got {shard_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if any(out.glob("shard-*.tar")) or (out / INDEX_NAME).exists():
+    if any(out.glob("shard-*.tar")) or (out / MANIFEST_NAME).exists():
         raise ConfigError(f"{out}: already holds pre-tokenized shards; choose an empty directory")
     dtype = ids_dtype(vocab_size)
     histograms: dict[str, list[int]] = {}
@@ -150,8 +130,8 @@ def write_shards(
         for leftover in out.glob("shard-*.tar"):
             leftover.unlink()
     index = {
-        "format": INDEX_FORMAT,
-        "version": INDEX_VERSION,
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
         "num_records": total,
         "dtype": dtype.str,
         "tokenizer": {
@@ -163,7 +143,7 @@ def write_shards(
         "length_histogram": histograms,
         "shards": [s.as_dict() for s in shards],
     }
-    (out / INDEX_NAME).write_text(json.dumps(index, indent=1) + "\n")
+    (out / MANIFEST_NAME).write_text(json.dumps(index, indent=1) + "\n")
     return index
 
 
@@ -202,18 +182,14 @@ def pretokenize(
     """
     import tokenizers
 
-    import torchseq as ts
-    from torchseq.sources.spec import expand_spec
-
     path = os.fspath(tokenizer)
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: tokenizer file not found")
     shards = expand_spec(spec)
-    tar = all(s.endswith((".tar", ".tar.gz", ".tgz")) for s in shards)
-    reader = ts.read_webdataset if tar else ts.read_jsonl
-    pipe = reader(shards, fields=fields, on_error=on_error).tokenize(path, max_length=max_length, chunk_size=512)
+    source = reader_for(shards).create(shards, fields=fields, on_error=on_error)
+    stage = Tokenize(path, max_length, chunk_size=512)
+    pipe = Pipeline(source, (stage,))
     tok = tokenizers.Tokenizer.from_file(path)
-    stage: Any = pipe._stages[-1]  # the Tokenize stage just added
     bar: Any = None
     if progress:
         from tqdm import tqdm

@@ -4,8 +4,8 @@ With in-batch negatives every other record of a batch supplies negatives. A
 text that occurs twice in one batch (the same answer to two questions, a
 paraphrase set sampled twice, a hard negative that is another record's
 positive) becomes a *false* negative: the loss pushes a text away from itself.
-``unique=True`` on :meth:`~torchseq.Pipeline.batch`, :meth:`~torchseq.Pipeline.bucket`
-and :meth:`~torchseq.Pipeline.batch_by_tokens` keeps every batch free of
+``unique=True`` on ``Pipeline.batch``, ``Pipeline.bucket``
+and ``Pipeline.batch_by_tokens`` keeps every batch free of
 repeated texts across anchor, positive and every negative (normalised by
 ``strip().lower()`` unless a ``key`` is given; optionally also ``guid``).
 
@@ -22,8 +22,8 @@ or the epoch ends -- does the ``leftover`` rule apply:
 Every record is delivered exactly once under ``"smaller"`` and
 ``"duplicates"``; under ``"drop"`` the undelivered ones are counted. Counters
 (``unique.records``, ``unique.deferrals``, ``unique.forced``,
-``unique.dropped``, ``unique.smaller``) live in the stage state (see
-:mod:`torchseq.meter`).
+``unique.dropped``, ``unique.smaller``) are the stage's counters (see
+:mod:`torchseq.protocol`) and travel in its state.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from torchseq.context import Context
 from torchseq.errors import ConfigError
 from torchseq.records import Record
 from torchseq.state import SnapshotEncoder, State, decode_records
@@ -84,13 +83,7 @@ def as_unique(value: bool | Unique | None) -> Unique | None:
         return Unique()
     if isinstance(value, Unique):
         return value
-    raise ConfigError(f"unique: expected a bool or torchseq.unique.Unique, got {type(value).__name__}")
-
-
-def planned_batches(ctx: Context) -> int | None:
-    """Batches this worker must yield this epoch when DDP balancing holds it to a plan."""
-    share = ctx.share
-    return share.num_batches if share is not None and share.guard else None
+    raise ConfigError(f"unique: expected a bool or torchseq.Unique, got {type(value).__name__}")
 
 
 def _ids_key(ids: Any) -> Hashable:
@@ -183,7 +176,7 @@ class UniquePacker:
         return state
 
     def statistics(self) -> dict[str, int]:
-        """The counters, for ``Pipeline.stats()`` (``ctx.stats.register``)."""
+        """The counters, prefixed ``unique.`` (the running stage's ``counters()``)."""
         return {f"unique.{name}": value for name, value in self.counters.items()}
 
     @property

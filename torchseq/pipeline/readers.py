@@ -1,0 +1,43 @@
+"""The readers: where every pipeline starts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torchseq.pipeline.core import Pipeline
+from torchseq.sources import JsonlSource, ShardSpec, WebDatasetSource
+
+
+def read_jsonl(spec: ShardSpec, fields: Mapping[str, str] | None = None, on_error: str = "raise",
+               **options: Any) -> Pipeline:
+    """Stream pair records from JSON Lines shards (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``).
+
+    Args:
+        spec: a path, URL (``https://``, ``s3://``, ``gs://``), glob, brace range
+            (``train-{00000..00007}.jsonl.gz``) or a list of them.
+        fields: map record fields to source keys, e.g. ``{"anchor": "question",
+            "positive": "answer"}``; needed only for dicts of no known format.
+        on_error: ``"raise"`` (default), ``"skip"`` or ``"warn"`` for bad lines and shards;
+            skipped inputs are counted by reason in :meth:`Pipeline.stats`.
+        **options: the other reader options, keyword only: ``max_record_bytes``,
+            ``max_errors``, ``max_error_rate``, ``storage_options``, ``retry``,
+            ``allow_pipe``, ``name`` (see :class:`~torchseq.sources.options.ReaderOptions`).
+
+    Raises:
+        ConfigError: invalid arguments (at once); data errors are raised while
+            iterating, as :class:`~torchseq.DataError` naming ``path:line``.
+    """
+    return Pipeline(JsonlSource.create(spec, fields=fields, on_error=on_error, **options))
+
+
+def read_webdataset(spec: ShardSpec, fields: Mapping[str, str] | None = None, on_error: str = "raise",
+                    **options: Any) -> Pipeline:
+    """Stream pair records from WebDataset tar shards (``.tar``, ``.tar.gz``), or a pre-tokenized directory.
+
+    Members per sample: ``KEY.json`` (a record), ``KEY.<field>.txt`` /
+    ``KEY.<field>.json`` (fields), ``KEY.<field>.npy`` (pre-tokenized ids);
+    pickle members are refused. Arguments as for :func:`read_jsonl`;
+    ``max_record_bytes`` bounds the members of one sample together.
+    """
+    return Pipeline(WebDatasetSource.create(spec, fields=fields, on_error=on_error, **options))
