@@ -20,9 +20,9 @@ from typing import Any
 
 import torchseq as ts
 from torchseq.batching import Batch, BucketBatch, TokenBudgetBatch
+from torchseq.batching.unique import Unique
 from torchseq.context import Context
 from torchseq.tools.sample import sample_shards, sample_tokenizer
-from torchseq.batching.unique import Unique
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

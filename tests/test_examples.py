@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import REPO
-from launch import run, torchrun
+from tests.conftest import REPO
+from tests.support.launch import run, torchrun
 
 EXAMPLES = REPO / "examples"
 

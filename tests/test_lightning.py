@@ -10,10 +10,10 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from launch import torchrun
 from torch.utils.data import DataLoader
 
 import torchseq as ts
+from tests.support.launch import torchrun
 from torchseq.errors import StateError
 from torchseq.lightning import EpochLoader, PairDataModule
 
@@ -135,9 +135,8 @@ def test_epoch_loader_without_lightning(spec: list[str], tokenizer_file: str) ->
 DDP_SCRIPT = r"""
 import json, sys
 from pathlib import Path
-sys.path.insert(0, sys.argv[3])
 import torch.distributed as dist
-from test_lightning import PairDataModule, fit, make_pipeline
+from tests.test_lightning import PairDataModule, fit, make_pipeline
 
 spec, tokenizer_file, _, root = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
 runs = {}

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import write_jsonl
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 import torchseq as ts
+from tests.conftest import write_jsonl
 from torchseq.batching.collate import pad_sequences
 from torchseq.meter import deferral_rate
 

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_jsonl
-from launch import torchrun
-from resume import check_resume, resume_after, run
 from torch.utils.data import DataLoader
 
 import torchseq as ts
+from tests.conftest import write_jsonl
+from tests.support.launch import torchrun
+from tests.support.resume import check_resume, resume_after, run
 from torchseq.errors import ConfigError, DataError, StateError
 from torchseq.meter import pipeline_counters
 from torchseq.mixing import count_records, mixture_weights

@@ -185,7 +185,7 @@ class PairDataModule(pl.LightningDataModule):
         self.meter = BatchMeter(targets=targets)
         self._train_loader: EpochLoader | None = None
         self._pending_state: dict[str, Any] | None = None
-        self._counters: dict[str, int] = {}
+        self._counters: dict[str, int | float] = {}
         if val is None:
             # Lightning decides whether there is a validation loop by whether
             # the hook is overridden; without a val pipeline it must not be.

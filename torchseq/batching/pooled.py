@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from torchseq.batching.fixed import check_positive
 from torchseq.batching.lengths import (

@@ -29,12 +29,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import tokenizers
 
-    import torchseq as ts
+    from torchseq.pipeline import read_jsonl
     from torchseq.tools.sample import sample_shards, sample_tokenizer
 
     tokenizer_file = sample_tokenizer()
     pipe = (
-        ts.read_jsonl(sample_shards())
+        read_jsonl(sample_shards())
         .shuffle(buffer_size=2000, seed=0)
         .tokenize(tokenizer_file, max_length=args.max_length)
         .bucket(batch_size=args.batch_size)

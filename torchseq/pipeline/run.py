@@ -79,7 +79,7 @@ class Run:
         plan = ctx.plan
         if plan is not None and plan.guard and plan.num_batches is not None:
             # Repeats, if ever needed, come from a fresh run of this worker's epoch.
-            fresh = [{}] * len(states)
+            fresh: list[State] = [{}] * len(states)
             self.guard = StepGuard(iterator, plan.num_batches, state.get("guard") or {},
                                    lambda: open_chain(pipe, ctx, fresh), ctx.where())
             iterator = self.guard.iterator

@@ -36,11 +36,20 @@ def shard_order(num_shards: int, epoch: int, shuffle_seed: int | None) -> list[i
 class Placement(Protocol):
     """Where a reader runs (a :class:`~torchseq.context.Context` is one)."""
 
-    rank: int
-    world_size: int
-    worker: int
-    num_workers: int
-    epoch: int
+    @property
+    def rank(self) -> int: ...
+
+    @property
+    def world_size(self) -> int: ...
+
+    @property
+    def worker(self) -> int: ...
+
+    @property
+    def num_workers(self) -> int: ...
+
+    @property
+    def epoch(self) -> int: ...
 
 
 def assign_shards(num_shards: int, where: Placement, shuffle_seed: int | None = None) -> WorkerPlan:

@@ -37,6 +37,7 @@ from torchseq.sources.reader import is_tar_name, reader_for
 from torchseq.sources.spec import expand_spec
 from torchseq.tools.inspection import short_message
 
+
 @dataclass
 class ConvertReport:
     outputs: list[tuple[str, int]] = field(default_factory=list)  # (path, records)

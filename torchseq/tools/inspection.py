@@ -18,9 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from torchseq.batching import Batch, BucketBatch, TokenBudgetBatch
-from torchseq.batching.lengths import padded_tokens, real_tokens
-from torchseq.context import Context
 from torchseq.errors import SKIP_HINT, SkippedInput, TorchseqError, data_error
 from torchseq.records import TEXT_FIELDS, Record, RecordFormatError, detect_format
 from torchseq.sources import WebDatasetSource, reader_for
@@ -29,6 +26,7 @@ from torchseq.sources.jsonl import OversizedLine
 from torchseq.sources.remote import filesystem_for
 from torchseq.sources.spec import expand_spec
 from torchseq.stages import load_encoder, tokenizer_spec
+from torchseq.tools.simulate import PaddingResult, simulate_padding
 
 PERCENTILES = (10, 50, 90, 99)
 MAX_LISTED_ERRORS = 20
@@ -42,16 +40,6 @@ class ShardSummary:
     size_bytes: int | None
     records: int = 0
     skipped: int = 0
-
-
-@dataclass
-class PaddingResult:
-    """What one batching strategy makes of the corpus' lengths."""
-
-    strategy: str
-    batches: int
-    mean_batch_size: float
-    efficiency: float  # real tokens / padded tokens, all text columns
 
 
 @dataclass
@@ -195,14 +183,6 @@ def _lengths_of(records: list[Record], encode: Any) -> list[dict[str, list[int]]
     return out
 
 
-def _simulate(strategy: str, stage: Any, stand_ins: list[Record]) -> PaddingResult:
-    batches = list(stage.open(iter(stand_ins), Context(), {}).iterator)
-    real = sum(real_tokens(b) for b in batches)
-    padded = sum(padded_tokens(b) for b in batches)
-    mean = sum(len(b) for b in batches) / len(batches) if batches else 0.0
-    return PaddingResult(strategy, len(batches), mean, real / padded if padded else 0.0)
-
-
 def inspect_corpus(
     spec: str | Sequence[str],
     *,
@@ -269,11 +249,7 @@ def inspect_corpus(
     report.lengths = {name: np.asarray(values) for name, values in columns.items()}
     if stand_ins:
         budget = max_tokens or batch_size * max_length
-        report.padding = [
-            _simulate(f"batch({batch_size})", Batch(batch_size), stand_ins),
-            _simulate(f"bucket({batch_size})", BucketBatch(batch_size), stand_ins),
-            _simulate(f"batch_by_tokens({budget})", TokenBudgetBatch(budget), stand_ins),
-        ]
+        report.padding = simulate_padding(stand_ins, batch_size, budget)
     return report
 
 

@@ -32,9 +32,9 @@ from torchseq.errors import ConfigError
 from torchseq.pipeline import Pipeline
 from torchseq.records import TEXT_FIELDS, Record
 from torchseq.sources import expand_spec, reader_for
-from torchseq.stages import Tokenize
 from torchseq.sources.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
 from torchseq.sources.npy import npy_bytes
+from torchseq.stages import Tokenize
 
 SHARD_PATTERN = "shard-%05d.tar"
 # Extra record fields kept in KEY.json (texts are not stored: ids only).
