@@ -35,11 +35,29 @@ N = 1_000_000
 
 @dataclass(frozen=True)
 class PassThrough:
-    """The smallest real torchseq stage: a generator over its upstream."""
+    """The smallest real torchseq stage: opened, it runs a generator over its upstream."""
 
-    def __call__(self, upstream: Iterator[Any], ctx: Any, slot: Any) -> Iterator[Any]:
+    def open(self, upstream: Iterator[Any], ctx: Any, state: Any) -> Any:
+        from torchseq.protocol import Stateless
+
+        return Stateless(self._pass(upstream))
+
+    @staticmethod
+    def _pass(upstream: Iterator[Any]) -> Iterator[Any]:
         for item in upstream:  # noqa: UP028 - the per-element loop is what is measured
             yield item
+
+
+@dataclass(frozen=True)
+class ListSource:
+    """A source over a list in memory."""
+
+    data: list[int]
+
+    def open(self, ctx: Any, state: Any) -> Any:
+        from torchseq.protocol import Stateless
+
+        return Stateless(iter(self.data))
 
 
 def identity(x: Any) -> Any:
@@ -49,8 +67,7 @@ def identity(x: Any) -> Any:
 def torchseq_chain(k: int, kind: str) -> Callable[[], int]:
     from torchseq.pipeline import Pipeline
 
-    data = list(range(N))
-    pipe = Pipeline(lambda ctx, slot: iter(data))
+    pipe = Pipeline(ListSource(list(range(N))))
     for _ in range(k):
         pipe = pipe._then(PassThrough()) if kind == "generator" else pipe.map(identity)
     return lambda: sum(1 for _ in pipe)
@@ -187,7 +204,7 @@ def main() -> None:
         print(json.dumps(result["first_batch_seconds_2_workers"], indent=1), flush=True)
     if "memory" in args.parts:
         result["peak_rss"] = memory()
-    print(json.dumps(result["peak_rss"], indent=1), flush=True)
+        print(json.dumps(result["peak_rss"], indent=1), flush=True)
     result["load_end"] = open("/proc/loadavg").read().split()[:3]
     out.write_text(json.dumps(result, indent=1) + "\n")
 

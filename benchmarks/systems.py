@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data.datapipes.datapipe import IterDataPipe
 
 from benchmarks.common import (
     BATCH_SIZE,
@@ -154,17 +155,19 @@ def make_webdataset(shards: list[str], num_workers: int) -> Iterable[Any]:
     return wds.WebLoader(dataset, batch_size=None, num_workers=num_workers)
 
 
+class JsonlGzPairs(IterDataPipe[Pair]):  # torch core has no line reader / decompressor
+    """Pairs of the shards a DataPipe yields (module level: DataLoader pickles the graph for its workers)."""
+
+    def __init__(self, source: IterDataPipe[str]) -> None:
+        self.source = source
+
+    def __iter__(self) -> Iterator[Pair]:
+        for shard in self.source:
+            yield from iter_pairs([shard])
+
+
 def make_datapipes(shards: list[str], num_workers: int) -> Iterable[Any]:
-    from torch.utils.data.datapipes.datapipe import IterDataPipe
     from torch.utils.data.datapipes.iter import IterableWrapper
-
-    class JsonlGzPairs(IterDataPipe[Pair]):  # torch core has no line reader / decompressor
-        def __init__(self, source: IterDataPipe[str]) -> None:
-            self.source = source
-
-        def __iter__(self) -> Iterator[Pair]:
-            for shard in self.source:
-                yield from iter_pairs([shard])
 
     pipe = JsonlGzPairs(IterableWrapper(shards).sharding_filter()).batch(BATCH_SIZE).map(PairCollate())
     return DataLoader(pipe, batch_size=None, num_workers=num_workers)

@@ -64,4 +64,7 @@ def test_readme_quick_start_runs(tmp_path: Path) -> None:
         [sys.executable, str(script)], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, f"the README quick start failed:\n{done.stderr[-4000:]}"
-    assert done.stdout.strip(), "the README quick start printed nothing"
+    # The README shows what it prints: that output must be this output.
+    shown = re.search(r"^It prints:\n\n```\n(.*?)^```", README.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
+    assert shown, "the README's quick start shows no output ('It prints:' and a code block)"
+    assert done.stdout.splitlines() == shown.group(1).splitlines()

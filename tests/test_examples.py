@@ -58,3 +58,13 @@ def test_ddp_contrastive_under_torchrun(subprocess_env: dict[str, str]) -> None:
     assert out["steps"] == out["agreed_steps"] == 30
     assert out["last_loss"] < out["first_loss"] - 0.3, out
     assert 55 < out["negatives_per_anchor"] <= 63  # 2 ranks x 32 pairs, minus the positive
+
+
+def test_custom_stage_example_prints_what_the_docs_show(subprocess_env: dict[str, str]) -> None:
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(EXAMPLES / "custom_stage.py")], cwd=REPO, env=subprocess_env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # docs/architecture.md shows this output beside the command.
+    assert done.stdout.splitlines() == ["kept 978, stats: {'drop_short.dropped': 22}", "{'dropped': 22}"]

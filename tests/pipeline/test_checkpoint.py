@@ -211,3 +211,38 @@ def test_resume_between_snapshots_is_exact(tmp_path, tokenizer_file, num_workers
         fresh = loader(make())
         fresh.load_state_dict(state)
         assert [fingerprint(b) for b in fresh] == full[cut:], f"cut {cut}"
+
+
+def test_a_version_2_checkpoint_is_refused(tmp_path):
+    shards = write_shards(tmp_path, [30, 50])
+    ctx = Context(0, 2, 0, 1)
+    state = state_after(make_local(shards), ctx, 2)
+    assert state["version"] == 3
+    state["version"] = 2  # what torchseq 0.1.0 wrote
+    pipe = make_local(shards)
+    pipe.load_state_dict(state)
+    with pytest.raises(ts.StateError, match="version: checkpoint has 2, pipeline has 3"):
+        next(pipe.iterate(ctx))
+
+
+@pytest.mark.parametrize("batches", [0, 1, 3, 5])
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_positions_are_ranges_of_the_epochs_record_order(tmp_path, batches, world_size):
+    """The source's ``read`` ranges hold exactly the records delivered or held in the stages after it."""
+    from torchseq.state import decode_records
+
+    sizes = [30, 50, 12]
+    shards = write_shards(tmp_path, sizes)
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    pipe = make_local(shards)
+    iterator = pipe.iterate(Context(world_size - 1, world_size, 0, 1))
+    delivered = [record["guid"] for _ in range(batches) for record in next(iterator)]
+    state = weights_only_roundtrip(pipe.state_dict())
+    source, shuffle, batch = state["stages"]
+    held = [r["guid"] for r in decode_records(shuffle["buffer"]) + decode_records(batch["partial"])]
+    read = []
+    for shard, first, end in source["read"]:
+        end = sizes[shard] if end is None else end
+        read.extend(starts[shard] + item for item in range(first, end))
+    assert sorted(delivered + held) == sorted(read)
+    assert len(set(read)) == len(read)

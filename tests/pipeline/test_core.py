@@ -88,6 +88,34 @@ def test_set_epoch_reaches_workers(make_shards: Callable[..., list[str]], persis
     assert len({tuple(x) for x in per_epoch}) == 3
 
 
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_a_first_set_epoch_after_the_workers_started_reaches_them(
+    make_shards: Callable[..., list[str]], context: str
+) -> None:
+    # Shared memory is allocated lazily: a pipeline iterated by persistent
+    # workers before any set_epoch must still see the main process's epochs.
+    shards = make_shards([25] * 4)
+    pipe = ts.read_jsonl(shards).shuffle(buffer_size=32, seed=0).batch(8)
+    loader = DataLoader(pipe, batch_size=None, num_workers=2, persistent_workers=True,
+                        multiprocessing_context=context)
+    first = [anchor_index(r["anchor"]) for batch in loader for r in batch]
+    pipe.set_epoch(1)
+    second = [anchor_index(r["anchor"]) for batch in loader for r in batch]
+    assert first == order(shards, 0)
+    assert second == order(shards, 1) != first
+
+
+def test_building_a_pipeline_allocates_no_shared_memory(make_shards: Callable[..., list[str]]) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    pipe = ts.read_jsonl(make_shards([5])).shuffle(buffer_size=4).batch(2).map(len).filter(bool)
+    assert not pipe._shared.allocated  # every fluent call used to allocate an epoch tensor and a stats table
+    assert torch.get_num_threads() == threads
+    assert pipe.epoch == 0 and sum(pipe) == 5
+    assert pipe._shared.allocated  # iterating allocates, once
+
+
 RUN_TWICE = """
 import hashlib
 import torchseq as ts
@@ -187,3 +215,12 @@ def test_pipeline_is_immutable(make_shards: Callable[..., list[str]]) -> None:
     base = ts.read_jsonl(make_shards([5]))
     batched = base.batch(2)
     assert base is not batched and len(list(base)) == 5 and len(list(batched)) == 3
+
+
+def test_then_appends_a_stage_of_ones_own_and_refuses_anything_else(make_shards: Callable[..., list[str]]) -> None:
+    from tests.pipeline.test_stats import DropOdd
+
+    pipe = ts.read_jsonl(make_shards([10])).then(DropOdd())
+    assert len(list(pipe)) == 5 and pipe.stats().counters["deferred"] == 5
+    with pytest.raises(ts.ConfigError, match="then: builtin_function_or_method is not a stage"):
+        ts.read_jsonl(make_shards([1])).then(len)

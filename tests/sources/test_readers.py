@@ -139,3 +139,28 @@ def test_repr_prints_the_graph(tokenizer_file: str) -> None:
     for name in ("JsonlSource", "BufferShuffle", "Tokenize", "Batch", "Collate"):
         assert name in text
     assert io.StringIO(text).read().count("->") == 4
+
+
+@pytest.mark.parametrize(
+    ("paths", "expected"),
+    [
+        (["a.jsonl", "b.jsonl.gz", "s3://bucket/c.jsonl.zst"], "JsonlSource"),
+        (["a.tar", "b.TAR.GZ", "c.tgz", "https://host/d.tar?sig=1", "e.tar.zst"], "WebDatasetSource"),
+        ([], "JsonlSource"),
+    ],
+)
+def test_one_rule_picks_the_reader(paths: list[str], expected: str) -> None:
+    from torchseq.sources import reader_for
+
+    assert reader_for(paths).__name__ == expected
+
+
+def test_the_reader_rule_reads_directories_as_webdataset_and_refuses_a_mix(tmp_path: Path) -> None:
+    from torchseq.sources import reader_for
+
+    assert reader_for([str(tmp_path)]).__name__ == "WebDatasetSource"  # pre-tokenized output
+    with pytest.raises(ts.ConfigError, match="mix tar archives and other files"):
+        reader_for(["a.tar", "b.jsonl"])
+    assert reader_for(["a.tar", "b.jsonl"], "jsonl").__name__ == "JsonlSource"
+    with pytest.raises(ts.ConfigError, match="reader must be one of"):
+        reader_for(["a.jsonl"], "parquet")

@@ -1,5 +1,5 @@
 """The ``torchseq`` command line. Each command lives in its own module here and
-registers itself through ``add_parser(subparsers)`` / ``run(args)``; the work
+declares ``SUMMARY``, ``DESCRIPTION``, ``add_arguments(parser)`` and ``run(args)``; the work
 itself is in :mod:`torchseq.tools` and the library.
 
 One exit-code rule for every command: 0 success; 1 a data or I/O error (the
@@ -33,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="torchseq", description="Streaming text-pair pipelines for PyTorch."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in COMMANDS.values():
+    for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
-        command = module.add_parser(sub)
+        command = sub.add_parser(name, help=module.SUMMARY, description=module.DESCRIPTION)
+        module.add_arguments(command)
         command.set_defaults(_run=module.run)
     return parser
 

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from torchseq.cli.options import add_reader_options, reader_options
 
+SUMMARY = "convert shards between JSON Lines and WebDataset tar"
+DESCRIPTION = (
+    "Reads shards with torchseq's readers (any supported record format) and writes "
+    "normalised records: JSON Lines (.jsonl, .jsonl.gz, .jsonl.zst) or WebDataset tar "
+    "(.tar, .tar.gz; KEY.json members, written with webdataset.TarWriter). The output "
+    "format follows OUT's suffix. OUT is one file, or a pattern such as "
+    "out/train-%%05d.tar: one output shard per input shard, or per "
+    "--records-per-shard records."
+)
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "convert",
-        help="convert shards between JSON Lines and WebDataset tar",
-        description=(
-            "Reads shards with torchseq's readers (any supported record format) and writes "
-            "normalised records: JSON Lines (.jsonl, .jsonl.gz, .jsonl.zst) or WebDataset tar "
-            "(.tar, .tar.gz; KEY.json members, written with webdataset.TarWriter). The output "
-            "format follows OUT's suffix. OUT is one file, or a pattern such as "
-            "out/train-%%05d.tar: one output shard per input shard, or per "
-            "--records-per-shard records."
-        ),
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", nargs="+", help="input shards: paths, globs, brace ranges or URLs")
     parser.add_argument("out", help="output file or %%-pattern (out/train-%%05d.tar)")
     parser.add_argument("--records-per-shard", type=int, help="re-shard: records per output shard")
@@ -29,7 +26,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_reader_options(parser)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

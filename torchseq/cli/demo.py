@@ -8,22 +8,19 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+SUMMARY = "stream the bundled sample pairs and report throughput and padding"
+DESCRIPTION = (
+    "Streams the bundled sample (4,000 real pairs, 4 shards) through "
+    "read_jsonl -> shuffle -> tokenize -> bucket -> collate with DataLoader workers, "
+    "then prints pairs/s, padding efficiency and one decoded batch."
+)
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "demo",
-        help="stream the bundled sample pairs and report throughput and padding",
-        description=(
-            "Streams the bundled sample (4,000 real pairs, 4 shards) through "
-            "read_jsonl -> shuffle -> tokenize -> bucket -> collate with DataLoader workers, "
-            "then prints pairs/s, padding efficiency and one decoded batch."
-        ),
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers (default 2)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=2)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

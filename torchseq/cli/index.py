@@ -9,25 +9,20 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
 
-FORMATS = ("auto", "jsonl", "webdataset")
+from torchseq.cli.options import add_reader_options, reader_options
+
+SUMMARY = "count the records of every shard and cache the counts (for len() and equal batches)"
+DESCRIPTION = (
+    "Counts the records of every shard named by SPEC and caches the counts beside the "
+    "shards (.torchseq-index.json) or, when that directory is read-only or remote, in "
+    "the cache directory ($TORCHSEQ_CACHE_DIR, default ~/.cache/torchseq). A shard whose "
+    "size or modification time changed is counted again."
+)
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "index",
-        help="count the records of every shard and cache the counts (for len() and equal batches)",
-        description=(
-            "Counts the records of every shard named by SPEC and caches the counts beside the "
-            "shards (.torchseq-index.json) or, when that directory is read-only or remote, in "
-            "the cache directory ($TORCHSEQ_CACHE_DIR, default ~/.cache/torchseq). A shard whose "
-            "size or modification time changed is counted again."
-        ),
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", nargs="+", help="shard paths, URLs, globs or brace ranges")
-    parser.add_argument("--format", choices=FORMATS, default="auto",
-                        help="reader (default: webdataset for .tar/.tar.gz, else jsonl)")
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="a shard that cannot be read: stop (default) or count what is readable")
     parser.add_argument("--rebuild", action="store_true", help="count every shard again")
@@ -35,7 +30,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="records per batch, with --world-size")
     parser.add_argument("--epoch", type=int, default=0, help="epoch to show (only 'wrap' varies)")
     parser.add_argument("--quiet", action="store_true", help="no per-shard lines")
-    return parser
+    add_reader_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
     world_size, batch_size = args.world_size, args.batch_size
     if (world_size is None) != (batch_size is None) or (world_size is not None and min(world_size, batch_size) < 1):
         raise UsageError("--world-size and --batch-size go together, both >= 1")
-    source = reader_for(expand_spec(args.spec), args.format).create(args.spec, on_error=args.on_error)
+    options = reader_options(args)
+    reader, storage_options = options.pop("reader"), options["storage_options"]
+    source = reader_for(expand_spec(args.spec, storage_options), reader).create(
+        args.spec, on_error=args.on_error, **options)
     shards = source.shard_list()
     start = time.perf_counter()
     counts = shard_counts(source, shards, rebuild=args.rebuild)

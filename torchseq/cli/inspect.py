@@ -5,23 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
 from torchseq.cli.options import add_reader_options, reader_options
 
+SUMMARY = "describe a corpus: shards, records, bad input, formats, lengths, padding"
+DESCRIPTION = (
+    "Reads a corpus once (in this process) and reports: shards and records per shard; "
+    "input a reader would skip, by reason and place; record formats and fields; text "
+    "lengths per column with percentiles (tokens before truncation with --tokenizer, "
+    "characters without); and the padding efficiency of batch / bucket / "
+    "batch_by_tokens at the given sizes, computed by torchseq's own batching stages."
+)
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "inspect",
-        help="describe a corpus: shards, records, bad input, formats, lengths, padding",
-        description=(
-            "Reads a corpus once (in this process) and reports: shards and records per shard; "
-            "input a reader would skip, by reason and place; record formats and fields; text "
-            "lengths per column with percentiles (tokens before truncation with --tokenizer, "
-            "characters without); and the padding efficiency of batch / bucket / "
-            "batch_by_tokens at the given sizes, computed by torchseq's own batching stages."
-        ),
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", nargs="+", help="shards: paths, globs, brace ranges or URLs")
     parser.add_argument("--tokenizer", help="tokenizer.json (token lengths and padding efficiency)")
     parser.add_argument("--max-length", type=int, default=128, help="truncation for the padding simulation (128)")
@@ -32,7 +29,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_reader_options(parser)
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

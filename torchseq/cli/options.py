@@ -11,7 +11,7 @@ from torchseq.errors import ConfigError
 
 def add_reader_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", dest="reader", choices=["auto", "jsonl", "webdataset"], default="auto",
-                        help="shard format (auto: .tar in the name means WebDataset)")
+                        help="shard format (auto: tar names and directories are WebDataset, the rest JSON Lines)")
     parser.add_argument("--fields", metavar="TARGET=KEY,...",
                         help="map record fields to keys, e.g. anchor=question,positive=answer")
     parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+
+SUMMARY = "tokenize pair shards once into WebDataset shards of token ids plus an index"
+DESCRIPTION = (
+    "Reads SPEC (JSONL or WebDataset shards: a path, glob, brace range or list), tokenizes "
+    "every text with TOKENIZER exactly as Pipeline.tokenize() does, and writes "
+    "OUT/shard-NNNNN.tar (uint16 ids when the vocabulary fits) and OUT/index.json. "
+    "Read them back with ts.read_webdataset(OUT): no tokenizer work at all."
+)
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(
-        "pretokenize",
-        help="tokenize pair shards once into WebDataset shards of token ids plus an index",
-        description=(
-            "Reads SPEC (JSONL or WebDataset shards: a path, glob, brace range or list), tokenizes "
-            "every text with TOKENIZER exactly as Pipeline.tokenize() does, and writes "
-            "OUT/shard-NNNNN.tar (uint16 ids when the vocabulary fits) and OUT/index.json. "
-            "Read them back with ts.read_webdataset(OUT): no tokenizer work at all."
-        ),
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", nargs="+", help="input shards")
     parser.add_argument("--tokenizer", required=True, help="tokenizer.json path")
     parser.add_argument("--max-length", type=int, required=True, help="truncate to this many tokens")
@@ -25,7 +22,6 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--shard-size", type=int, default=10_000, help="records per output shard")
     parser.add_argument("--on-error", choices=("raise", "skip", "warn"), default="raise")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """The composition root: the only package that knows every layer.
 
 ``core`` (the immutable description and its fluent builders), ``readers``,
+``placement`` (the context an iteration reads once),
 ``run`` (the one runner), ``planning`` (``len()``, ``balance_report``, each
 worker's plan), ``checkpoint`` (build and validation), ``guard`` (equal
 batches under DDP), ``stats`` and ``shared`` (what workers share with the
@@ -8,7 +9,8 @@ main process).
 """
 
 from torchseq.pipeline.checkpoint import STATE_VERSION, pipeline_counters
-from torchseq.pipeline.core import Pipeline, detect_topology
+from torchseq.pipeline.core import Pipeline
+from torchseq.pipeline.placement import detect_topology
 from torchseq.pipeline.readers import read_jsonl, read_webdataset
 from torchseq.pipeline.run import Run
 from torchseq.pipeline.stats import PipelineStats

@@ -9,17 +9,16 @@ worker, epoch, seed) and hands it to a :class:`~torchseq.pipeline.run.Run`.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import torch.distributed as dist
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from torchseq.batching import Batch, BucketBatch, Collate, TokenBudgetBatch, Unique, as_unique
 from torchseq.context import Context, Topology
 from torchseq.errors import ConfigError
 from torchseq.pipeline import checkpoint
+from torchseq.pipeline.placement import current_context, distributed_topology
 from torchseq.pipeline.planning import batches_per_rank, epoch_plan
 from torchseq.pipeline.run import Run
 from torchseq.pipeline.shared import SharedCell
@@ -29,13 +28,6 @@ from torchseq.records import TEXT_FIELDS
 from torchseq.sources.base import ShardSource
 from torchseq.stages import BufferShuffle, Filter, Map, SamplePairs, Tokenize, tokenizer_spec
 from torchseq.state import State
-
-
-def detect_topology() -> Topology:
-    """Rank and world size from ``torch.distributed`` if initialised, else ``RANK``/``WORLD_SIZE``."""
-    if dist.is_available() and dist.is_initialized():
-        return Topology(dist.get_rank(), dist.get_world_size())
-    return Topology(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
 
 
 class Pipeline(IterableDataset[Any]):
@@ -107,6 +99,20 @@ class Pipeline(IterableDataset[Any]):
         return next((s for s in reversed(self._stages) if isinstance(s, kind)), None)
 
     # ----------------------------------------------------------- builders
+    def then(self, stage: Any) -> Pipeline:
+        """Append a stage of your own: an object whose ``open(upstream, ctx, state)`` returns a
+        :class:`torchseq.protocol.Running` (the stage protocol; see the architecture page of the docs).
+
+        Raises:
+            ConfigError: ``stage`` has no ``open`` method.
+        """
+        if not callable(getattr(stage, "open", None)):
+            raise ConfigError(
+                f"then: {type(stage).__name__} is not a stage; a stage has open(upstream, ctx, state) "
+                "returning a torchseq.protocol.Running"
+            )
+        return self._then(stage)
+
     def shuffle(self, buffer_size: int = 10_000, seed: int = 0) -> Pipeline:
         """Shuffle the shard order and, within a rolling buffer, the records.
 
@@ -273,10 +279,7 @@ class Pipeline(IterableDataset[Any]):
     # ----------------------------------------------------------- running
     def context(self) -> Context:
         """The context an iteration started now, in this process, would see."""
-        topology = self._topology or detect_topology()
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        return Context(topology.rank, topology.world_size, worker, num_workers, self.epoch, self._seed)
+        return current_context(self._topology, self.epoch, self._seed)
 
     def __iter__(self) -> Iterator[Any]:
         return self.iterate(self.context())
@@ -374,10 +377,10 @@ class Pipeline(IterableDataset[Any]):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_run"] = None  # live generators stay in their process
-        if state["_topology"] is None and dist.is_available() and dist.is_initialized():
+        if state["_topology"] is None:
             # Capture the rank in the main process: a spawned worker has no
             # process group of its own.
-            state["_topology"] = Topology(dist.get_rank(), dist.get_world_size())
+            state["_topology"] = distributed_topology()
         return state
 
     def __repr__(self) -> str:

@@ -17,7 +17,7 @@ from torchseq.pipeline import checkpoint
 from torchseq.pipeline.guard import StepGuard
 from torchseq.pipeline.planning import worker_plan
 from torchseq.pipeline.stats import merge
-from torchseq.protocol import Counters, Running
+from torchseq.protocol import Counters, Running, Source, Stage
 from torchseq.state import State
 
 
@@ -25,10 +25,10 @@ class Description(Protocol):
     """What the runner needs of a pipeline."""
 
     @property
-    def source(self) -> Any: ...
+    def source(self) -> Source: ...
 
     @property
-    def stages(self) -> tuple[Any, ...]: ...
+    def stages(self) -> tuple[Stage, ...]: ...
 
     @property
     def balance_policy(self) -> str: ...

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from torchseq.context import Context
-from torchseq.errors import ErrorPolicy, TorchseqError, data_error
+from torchseq.errors import CorruptShardError, ErrorPolicy, TorchseqError, data_error, located
 from torchseq.plan import WorkerPlan, assign_shards, check_plan_shards
 from torchseq.protocol import Counters, Running
 from torchseq.records import Record, RecordFormatError
@@ -79,6 +79,15 @@ class ShardFault(Exception):
         self.place = error.place or shard
 
 
+def lost_rest(shard: str, place: str, what: str, exc: BaseException, before: str) -> ShardFault:
+    """The fault of a shard unreadable past ``place``: ``before`` (e.g. "the 3 line(s) before") were read."""
+    return ShardFault(located(
+        CorruptShardError, place,
+        f"{what} ({type(exc).__name__}: {exc}); {before} were read, the rest of the shard is lost: "
+        "re-write or re-download the shard",
+    ), shard)
+
+
 def _owned(counter: int, stride: int, offset: int) -> int:
     """How many of the item positions ``0 .. counter-1`` this worker owns."""
     return max(0, (counter - offset + stride - 1) // stride)
@@ -99,7 +108,9 @@ class ShardSource:
     that start or end inside it), ``counter`` (items kept across shards, for
     the record-level split), ``num_shards``, and ``read``: the ``[shard,
     first, end]`` item ranges of the epoch's record order this worker has
-    consumed so far (``end`` ``None``: to the end of the shard).
+    consumed so far (``end`` ``None``: to the end of the shard), of which it
+    keeps the items whose running index ``% stride == offset`` (a split by
+    record; ``stride`` 1 otherwise).
     """
 
     spec: ShardSpec
@@ -199,6 +210,8 @@ class _Reading(Running):
             "counter": self.counter,
             "num_shards": len(self.shards),
             "read": self.read_ranges(),
+            "stride": self.plan.stride,
+            "offset": self.plan.offset,
             "skipped": dict(self.policy.counts),
         }
 

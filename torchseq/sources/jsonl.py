@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from torchseq.errors import CorruptShardError, TorchseqError, UnknownFormatError, located
+from torchseq.errors import TorchseqError, UnknownFormatError
 from torchseq.records import Record, RecordFormatError, normalize
-from torchseq.sources.base import ShardFault, ShardSource, decode_json
+from torchseq.sources.base import ShardFault, ShardSource, decode_json, lost_rest
 from torchseq.sources.fs import STREAM_ERRORS, open_shard, sniff_container
 
 
@@ -61,13 +61,8 @@ class JsonlSource(ShardSource):
         except TorchseqError as exc:
             raise ShardFault(exc, path) from None
         except STREAM_ERRORS as exc:
-            error = located(
-                CorruptShardError, f"{path}:{index + 1}",
-                f"truncated or corrupt compressed stream ({type(exc).__name__}: {exc}); "
-                f"the {index} line(s) before were read, the rest of the shard is lost: re-write "
-                "or re-download the shard",
-            )
-            raise ShardFault(error, path) from None
+            raise lost_rest(path, f"{path}:{index + 1}", "truncated or corrupt compressed stream", exc,
+                            f"the {index} line(s) before") from None
 
     def decode(self, path: str, index: int, item: Any) -> Record:
         if item.__class__ is OversizedLine:

@@ -33,7 +33,7 @@ from typing import IO, Any
 from webdataset.tariterators import base_plus_ext
 
 from torchseq.errors import CorruptShardError, TorchseqError, UnknownFormatError, located
-from torchseq.sources.base import ShardFault
+from torchseq.sources.base import ShardFault, lost_rest
 from torchseq.sources.fs import STREAM_ERRORS, ShardOpener, open_shard, sniff_container
 
 _BLOCK = 512
@@ -313,13 +313,8 @@ def stream_samples(path: str, opener: ShardOpener, skip: int, limit: int) -> Ite
     except TorchseqError as exc:
         raise ShardFault(exc, path) from None
     except _TAR_ERRORS as exc:
-        error = located(
-            CorruptShardError, f"{path}::{member}",
-            f"corrupt or truncated tar ({type(exc).__name__}: {exc}); the {samples.done} "
-            "sample(s) before it were read, the rest of the shard is lost: re-write or "
-            "re-download the shard",
-        )
-        raise ShardFault(error, path) from None
+        raise lost_rest(path, f"{path}::{member}", "corrupt or truncated tar", exc,
+                        f"the {samples.done} sample(s) before it") from None
 
 
 def check_head(path: str, head: bytes) -> None:

@@ -57,7 +57,10 @@ class WebDatasetSource(ShardSource):
     """
 
     def _directory(self) -> str | None:
+        """The local directory the spec names (alone, or as a one-item list), if it names one."""
         spec = self.spec
+        if not isinstance(spec, (str, os.PathLike)) and len(spec) == 1:
+            spec = spec[0]
         if isinstance(spec, (str, os.PathLike)):
             path = os.fspath(spec)
             if not is_url(path) and os.path.isdir(path.removeprefix("file://")):

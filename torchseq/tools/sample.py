@@ -5,8 +5,6 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-NUM_SAMPLE_PAIRS = 4000
-
 
 def data_dir() -> Path:
     return Path(str(resources.files("torchseq") / "data"))
