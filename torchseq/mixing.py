@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -322,12 +323,12 @@ class _Mixing(Running):
         self.counts = {f"mix.{n}.{unit}": 0 for n in mix.names for unit in ("records", "batches")}
         self.counts.update({k: int(v) for k, v in state.get("counters", {}).items()})
         self.step = int(state.get("step", 0))
-        self.rng = None
+        self.rng: random.Random | None = None
         if mix.level == "record":
             self.rng = seeded_random("mix", mix.seed, ctx.epoch, ctx.rank, ctx.worker)
             if "rng" in state:
                 restore_rng(self.rng, state["rng"])
-            self.iterator = self._records()
+            self.iterator = self._records(self.rng)
         else:
             self.iterator = self._batches()
 
@@ -350,9 +351,8 @@ class _Mixing(Running):
             merge(out, child.counters())
         return out
 
-    def _records(self) -> Iterator[Any]:
-        mix, children, counters, ctx, rng = self.mix, self.children, self.counts, self.ctx, self.rng
-        assert rng is not None  # record level
+    def _records(self, rng: random.Random) -> Iterator[Any]:
+        mix, children, counters, ctx = self.mix, self.children, self.counts, self.ctx
         tag = mix.tag
         shapes: dict[str, int] = {}
         while True:
