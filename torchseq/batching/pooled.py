@@ -8,6 +8,7 @@ take ``unique=`` for duplicate-free batches (:mod:`torchseq.batching.unique`).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -29,7 +30,7 @@ from torchseq.rng import restore_rng, seeded_random
 from torchseq.state import SnapshotEncoder, State, decode_records
 
 
-class _PooledBatcher:
+class _PooledBatcher(ABC):
     """Shared machinery: fill a pool, sort it by length, cut it, shuffle the cuts.
 
     State: ``pool`` (records collected), ``ready`` (batches cut, not yet
@@ -41,16 +42,17 @@ class _PooledBatcher:
     unique: Unique | None
 
     @property
+    @abstractmethod
     def pool_limit(self) -> int:
         """Records collected before the pool is sorted and cut."""
-        raise NotImplementedError  # abstract
 
+    @abstractmethod
     def cut(self, records: list[Record], final: bool) -> list[list[Record]]:
-        raise NotImplementedError  # abstract
+        """Cut length-sorted ``records`` into batches (``final``: the epoch's last pool)."""
 
+    @abstractmethod
     def limit(self) -> Limit:
         """The batch-size rule as an incremental :class:`~torchseq.batching.unique.Limit`."""
-        raise NotImplementedError  # abstract
 
     def pooling(self, ctx: Context) -> tuple[int, int | None]:
         """``(pool size, records per batch to cut pools into, or None to cut freely)``."""

@@ -24,6 +24,7 @@ exact.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -94,7 +95,7 @@ def _owned(counter: int, stride: int, offset: int) -> int:
 
 
 @dataclass(frozen=True)
-class ShardSource:
+class ShardSource(ABC):
     """Base of the file sources. Subclasses implement ``items`` and ``decode``.
 
     Attributes:
@@ -146,6 +147,7 @@ class ShardSource:
         more = f" (+{len(items) - 1} more)" if len(items) > 1 else ""
         return f"{type(self).__name__.removesuffix('Source').lower()}:{items[0]}{more}"
 
+    @abstractmethod
     def items(self, path: str, skip: int) -> Iterator[tuple[int, Any]]:
         """Yield ``(index, item)`` for the items of one shard after the first ``skip``.
 
@@ -155,11 +157,10 @@ class ShardSource:
         Raises:
             ShardFault: the shard (or the rest of it) cannot be read.
         """
-        raise NotImplementedError  # abstract
 
+    @abstractmethod
     def decode(self, path: str, index: int, item: Any) -> Record:
         """Turn one item into a record or raise :class:`RecordFormatError`."""
-        raise NotImplementedError  # abstract
 
     def place(self, path: str, index: int, item: Any) -> str:
         return f"{path}:{index}"
