@@ -197,7 +197,7 @@ def s3_store(store: Store) -> Iterator[tuple[list[str], dict[str, Any], Faults]]
     faults = Faults(store.rule, replace=replace)
     with serve_s3(faults, prefix=f"/{bucket}/") as endpoint:
         options = {"endpoint_url": endpoint, "key": "testing", "secret": "not-a-real-secret",
-                   "client_kwargs": {"region_name": "us-east-1"}, "skip_instance_cache": True,
+                   "client_kwargs": {"region_name": "us-east-1"},
                    "config_kwargs": {"retries": {"total_max_attempts": 1}}}
         client = holder["client"] = boto3.client(
             "s3", endpoint_url=endpoint, aws_access_key_id="testing",

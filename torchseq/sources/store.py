@@ -229,6 +229,7 @@ class S3Object(RemoteObject):
                        modified=str(modified) if modified else None, version_id=info.get("VersionId"))
 
     async def _head(self) -> dict[str, Any]:
+        await self.fs.set_session()  # the client is built here, not waited for from the store
         # refresh: a listing cached by an earlier glob may describe an older version.
         info: dict[str, Any] = await self._within(self.fs._info(self.url, refresh=True), "to HEAD")
         return info
@@ -249,6 +250,7 @@ class S3Object(RemoteObject):
         if version and version != "null":
             request["VersionId"] = version
         what = f"reading bytes {start}-{end - 1}"
+        await fs.set_session()
         try:
             response = await self._within(fs._call_s3("get_object", **request), what)
         except Exception as exc:
