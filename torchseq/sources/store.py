@@ -24,8 +24,10 @@ HTTP and S3 requests also get the read timeout
 (:attr:`~torchseq.sources.remote.RetryPolicy.read_timeout`): the longest one
 request waits for the store while receiving nothing (to connect, for the
 answer to start, and between two pieces of its body). Other fsspec
-protocols are read with ``fs.cat_file`` and their client's own timeouts,
-pinned by size only.
+protocols (``gs://``, ...) are read with ``fs.cat_file`` and their client's
+own timeouts, and are not pinned: of a change, only an object that became
+shorter than the HEAD said shows, as short reads that end in a
+:class:`~torchseq.errors.RemoteError` once the attempts are used up.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def _range_total(content_range: str | None) -> int | None:
 
 
 class RemoteObject:
-    """Any fsspec object: ``fs.info`` and ``fs.cat_file``, pinned by size, the client's timeouts."""
+    """Any fsspec object: ``fs.info`` and ``fs.cat_file`` with the client's timeouts, not pinned."""
 
     def __init__(self, url: str, fs: Any, read_timeout: float | None) -> None:
         self.url = url
@@ -129,10 +131,10 @@ class RemoteObject:
         return Version(size=self.fs.info(self.url).get("size"))
 
     def get(self, start: int, end: int, pinned: Version) -> bytes:
-        """Bytes ``start .. end-1`` of the version ``pinned``.
+        """Bytes ``start .. end-1`` of the version ``pinned`` (here: of the object as it is now).
 
         Raises:
-            RemoteError: the object is no longer that version.
+            RemoteError: the object is no longer that version (HTTP and S3).
         """
         data: bytes = self.fs.cat_file(self.url, start=start, end=end)
         return data
