@@ -7,6 +7,13 @@ request fails transiently (connection dropped mid-body, HTTP 5xx/429,
 timeouts, S3 SlowDown) the same range is asked for again after a backoff: the
 stream above it -- decompression, line splitting, tar parsing, the record
 cursor -- never sees the fault. Nothing is lost and nothing is read twice.
+Every request waits at most ``RetryPolicy.read_timeout`` for the store while
+receiving nothing; a stall is a transient fault like the others.
+
+Every read is pinned to the version of the object its first request saw
+(:mod:`torchseq.sources.store`): an object replaced during the read is a
+:class:`~torchseq.errors.RemoteError` naming it, never a stream stitched from
+two versions.
 
 Permanent faults are not retried: a missing object raises
 :class:`~torchseq.errors.ShardNotFoundError`, a refused one
@@ -23,7 +30,7 @@ import asyncio
 import io
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +41,7 @@ from torchseq.errors import (
     ShardNotFoundError,
     TorchseqError,
 )
+from torchseq.sources.store import cause_chain, remote_object
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 MISSING_STATUS = frozenset({404, 410})
@@ -66,6 +74,12 @@ class RetryPolicy:
         jitter: fraction of each delay that is randomised (0 to 1).
         request_bytes: bytes asked for per range request; a fault costs at
             most this much re-download.
+        read_timeout: seconds one request may wait while receiving nothing (to
+            connect, for the answer to start, between two pieces of the body)
+            before it counts as a transient fault and is retried; ``None``
+            leaves only the client's own timeouts. Applies to ``http(s)://``
+            and ``s3://``; a request that stalls for good costs at most
+            ``attempts * read_timeout`` plus the delays.
         sleep: the function that waits (injectable for tests and async hosts).
     """
 
@@ -75,6 +89,7 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.25
     request_bytes: int = 8 << 20
+    read_timeout: float | None = 60.0
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +101,8 @@ class RetryPolicy:
             raise ConfigError(f"retry: jitter must be in [0, 1], got {self.jitter}")
         if self.request_bytes < 1:
             raise ConfigError(f"retry: request_bytes must be >= 1, got {self.request_bytes}")
+        if self.read_timeout is not None and not self.read_timeout > 0:
+            raise ConfigError(f"retry: read_timeout must be > 0 seconds or None, got {self.read_timeout}")
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1-based)."""
@@ -94,15 +111,6 @@ class RetryPolicy:
 
 
 # ----------------------------------------------------------------- classification
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def _status_of(exc: BaseException) -> int | None:
     status = getattr(exc, "status", None)  # aiohttp.ClientResponseError
     if isinstance(status, int):
@@ -139,7 +147,8 @@ def _is_network_error(exc: BaseException) -> bool:
         except ImportError:  # pragma: no cover - depends on the environment
             return False
         return isinstance(exc, HTTPClientError)
-    return type(exc).__name__ in {"IncompleteRead", "FSTimeoutError", "ResponseStreamingError"}
+    return type(exc).__name__ in {"IncompleteRead", "IncompleteReadError", "FSTimeoutError",
+                                  "ResponseStreamingError"}
 
 
 def classify(exc: BaseException) -> str:
@@ -148,7 +157,7 @@ def classify(exc: BaseException) -> str:
     The whole cause chain is read: fsspec reports a HEAD that got a 503 as a
     ``FileNotFoundError`` caused by the 503, which is transient, not missing.
     """
-    chain = list(_chain(exc))
+    chain = list(cause_chain(exc))
     for link in chain:
         status, code = _status_of(link), _s3_code(link)
         if status in TRANSIENT_STATUS or code in TRANSIENT_S3_CODES:
@@ -227,15 +236,19 @@ def filesystem_for(url: str, storage_options: Mapping[str, Any] | None = None) -
 
 
 class RemoteReader(io.RawIOBase):
-    """A read-only, forward stream over one remote object, made of retried range requests."""
+    """A read-only, forward stream over one remote object, made of retried range requests.
+
+    Every range is read from the version the HEAD saw (``version``); a change
+    raises :class:`~torchseq.errors.RemoteError`.
+    """
 
     def __init__(self, url: str, fs: Any, retry: RetryPolicy) -> None:
         super().__init__()
         self.url = url
-        self._fs = fs
+        self._object = remote_object(url, fs, retry.read_timeout)
         self._retry = retry
-        info = with_retry(url, "HEAD (size lookup)", retry, lambda: fs.info(url))
-        self.size: int | None = info.get("size")
+        self.version = with_retry(url, "HEAD (size lookup)", retry, self._object.head)
+        self.size: int | None = self.version.size
         self.offset = 0  # bytes handed to the caller so far
         self._buffer = b""
         self._buffer_at = 0  # offset of self._buffer[0]
@@ -254,9 +267,9 @@ class RemoteReader(io.RawIOBase):
         def request() -> bytes:
             self.requests += 1
             try:
-                data: bytes = self._fs.cat_file(self.url, start=start, end=end)
+                data = self._object.get(start, end, self.version)
             except Exception as exc:
-                if self.size is None and any(_status_of(e) == 416 for e in _chain(exc)):
+                if self.size is None and any(_status_of(e) == 416 for e in cause_chain(exc)):
                     return b""  # size unknown: a range past the end means the end
                 raise
             if self.size is not None and len(data) < end - start:
