@@ -15,17 +15,18 @@ fork is what makes ``tokenizers`` warn (or hang) in every forked worker.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torchseq.context import Context
-from torchseq.errors import ConfigError
+from torchseq.errors import ConfigError, StateError
 from torchseq.protocol import Running
 from torchseq.records import TEXT_FIELDS, Record
 from torchseq.stages.encoder import FastEncoder
-from torchseq.state import State, decode_records, encode_records
+from torchseq.state import Saved, SnapshotEncoder, State, show
 
 Encoder = Callable[[list[str]], list[list[int]]]
 
@@ -108,6 +109,8 @@ class Tokenize:
 
     State: ``pending`` -- records pulled from upstream but not yet yielded,
     stored untokenized (they are re-tokenized on resume; nothing delivered is).
+    Settings checked on resume: the tokenizer's digest (:func:`tokenizer_identity`),
+    ``max_length``, ``fields``, ``pad_id``.
     """
 
     tokenizer: Any
@@ -127,6 +130,10 @@ class Tokenize:
 
     def resolved_pad_id(self) -> int:
         return load_encoder(self.tokenizer, self.max_length, self.pad_id)[1]
+
+    def settings(self) -> dict[str, Any]:
+        return {"tokenizer": tokenizer_identity(self.tokenizer), "max_length": self.max_length,
+                "fields": list(self.fields), "pad_id": self.pad_id}
 
     def open(self, upstream: Iterator[Record], ctx: Context, state: State) -> Running:
         return _Tokenizing(self, upstream, state)
@@ -158,15 +165,22 @@ class Tokenize:
 class _Tokenizing(Running):
     """State: the records of the current chunk not yet yielded (``chunk[position:]``)."""
 
-    __slots__ = ("chunk", "position")
+    __slots__ = ("chunk", "position", "encoder")
 
     def __init__(self, stage: Tokenize, upstream: Iterator[Record], state: State) -> None:
         self.chunk: list[Record] = []
         self.position = 0
-        self.iterator = self._tokenize(stage, upstream, decode_records(state.get("pending", [])))
+        self.encoder = SnapshotEncoder()
+        pending: list[Record] = []
+        if state:
+            pending = Saved(state).records("pending")
+            for index, record in enumerate(pending):
+                if type(record) is not dict:
+                    raise StateError(f"pending: record {index} is {show(record)}, pipeline needs a dict")
+        self.iterator = self._tokenize(stage, upstream, pending)
 
     def state_dict(self) -> State:
-        return {"pending": encode_records(_strip_tokens(r) for r in self.chunk[self.position :])}
+        return {"pending": self.encoder(_strip_tokens(r) for r in self.chunk[self.position :])}
 
     def _tokenize(self, stage: Tokenize, upstream: Iterator[Record], pending: list[Record]) -> Iterator[Record]:
         encode, _ = load_encoder(stage.tokenizer, stage.max_length, stage.pad_id)
@@ -195,6 +209,46 @@ def tokenizer_spec(tokenizer: Any) -> Any:
     if isinstance(tokenizer, (str, os.PathLike)) and not os.path.exists(os.fspath(tokenizer)):
         raise ConfigError(f"{os.fspath(tokenizer)}: tokenizer file not found")
     return tokenizer
+
+
+_DIGESTS: dict[Any, tuple[Any, str]] = {}
+
+
+def _digest(data: bytes | str) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return "blake2b:" + hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def tokenizer_identity(tokenizer: Any) -> str:
+    """What a checkpoint records of a tokenizer: a digest of its definition, once per process.
+
+    A ``tokenizer.json`` path: its bytes; a ``tokenizers.Tokenizer`` or a
+    ``transformers`` fast tokenizer: its serialization; a callable: its name
+    (its code cannot be compared).
+    """
+    if isinstance(tokenizer, (str, os.PathLike)):
+        path = os.fspath(tokenizer)
+        stat = os.stat(path)
+        key: Any = (path, stat.st_size, stat.st_mtime_ns)
+    else:
+        key = id(tokenizer)
+    cached = _DIGESTS.get(key)
+    if cached is None:
+        # Holding ``tokenizer`` keeps its id from being reused while the entry lives.
+        cached = _DIGESTS[key] = (tokenizer, _identity(tokenizer))
+    return cached[1]
+
+
+def _identity(tokenizer: Any) -> str:
+    if isinstance(tokenizer, (str, os.PathLike)):
+        with open(os.fspath(tokenizer), "rb") as f:
+            return f"tokenizer.json {_digest(f.read())}"
+    if isinstance(tokenizer, _lazy_tokenizers().Tokenizer):
+        return f"Tokenizer {_digest(tokenizer.to_str())}"
+    if _is_transformers_fast(tokenizer):
+        return f"{type(tokenizer).__name__} {_digest(tokenizer.backend_tokenizer.to_str())}"
+    named = tokenizer if hasattr(tokenizer, "__qualname__") else type(tokenizer)
+    return f"callable {getattr(named, '__module__', '?')}.{named.__qualname__}"
 
 
 def encode_reference(tokenizer_file: str, texts: Sequence[str], max_length: int) -> list[list[int]]:
