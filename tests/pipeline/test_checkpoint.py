@@ -214,15 +214,15 @@ def test_resume_between_snapshots_is_exact(tmp_path, tokenizer_file, num_workers
         assert [fingerprint(b) for b in fresh] == full[cut:], f"cut {cut}"
 
 
-def test_a_version_2_checkpoint_is_refused(tmp_path):
+def test_an_older_checkpoint_is_refused(tmp_path):
     shards = write_shards(tmp_path, [30, 50])
     ctx = Context(0, 2, 0, 1)
     state = state_after(make_local(shards), ctx, 2)
-    assert state["version"] == 3
-    state["version"] = 2  # what torchseq 0.1.0 wrote
+    assert state["version"] == 4
+    state["version"] = 3  # what torchseq wrote before checkpoints held the shard list and the settings
     pipe = make_local(shards)
     pipe.load_state_dict(state)
-    with pytest.raises(ts.StateError, match="version: checkpoint has 2, pipeline has 3"):
+    with pytest.raises(ts.StateError, match="^version: checkpoint has 3, pipeline has 4; it was written by an older"):
         next(pipe.iterate(ctx))
 
 
@@ -388,7 +388,7 @@ def test_the_datamodule_refuses_a_changed_pipeline(tmp_path):
     loader = module.train_dataloader()
     batches = iter(loader)
     next(batches)
-    module.on_before_batch_transfer(None, 0)  # no trainer: consumption is still tracked
+    loader.consumed()  # what on_before_batch_transfer does under a trainer
     state = weights_only_roundtrip(module.state_dict())
     del batches
     resumed = PairDataModule(make(8), num_workers=0)

@@ -74,6 +74,11 @@ def shard_stamps(shards: Sequence[str], options: ReaderOptions) -> list[str]:
     return stamps
 
 
+def _stamp(value: Any) -> str:
+    """A stamp as written (a tampered one: its bounded ``repr``)."""
+    return value if type(value) is str and len(value) <= 200 else show(value)
+
+
 def check_shard_list(saved: Any, now: str) -> None:
     """The checkpoint's shard list (``shards``, as JSON) is the pipeline's, shard by shard.
 
@@ -93,7 +98,7 @@ def check_shard_list(saved: Any, now: str) -> None:
     for position, (theirs, mine) in enumerate(zip(listed, ours, strict=True)):
         if theirs != mine:
             raise StateError(
-                f"shards[{position}]: checkpoint has {show(theirs[0])} ({show(theirs[1])}), pipeline has "
+                f"shards[{position}]: checkpoint has {show(theirs[0])} ({_stamp(theirs[1])}), pipeline has "
                 f"{show(mine[0])} ({mine[1]}); the shard list changed (its order, or a shard moved, added or "
                 "rewritten): resume with the shards the checkpoint was taken on, or start the epoch afresh"
             )
