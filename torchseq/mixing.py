@@ -203,6 +203,9 @@ class _Child:
         self.passes = saved.integer("passes") if saved is not None else 0
         self.exhausted = saved.flag("exhausted") if saved is not None else False
         stream = saved.nested("stream", empty=False) if saved is not None else None
+        if stream is not None:
+            check_field(stream.field("epoch"), stream.value.get("epoch"), _pass_epoch(ctx.epoch, self.passes),
+                        f" (from epoch {ctx.epoch} and passes {self.passes})")
         try:
             self.run = self._open(stream.value if stream is not None else None)
         except StateError as exc:  # only a resumed child's state is checked
@@ -324,7 +327,8 @@ class _Mixing(Running):
         children = saved.nested("children") if saved is not None else None
         if saved is not None and children is not None:
             check_field("sources", saved.get("sources"), list(mix.names))
-            check_field("children", sorted(children.value, key=str), sorted(mix.names))
+            for extra in set(children.value) - set(mix.names):
+                raise children.wrong(extra, f"no such source (it has {list(mix.names)})")
             self.counts.update(saved.counts("counters", self.counts))
         self.children = [_Child(name, pipe, ctx, children.nested(name) if children is not None else None)
                          for name, pipe in zip(mix.names, mix.children, strict=True)]

@@ -139,8 +139,9 @@ def check_resume(state: Mapping[str, Any], graph: list[str], ctx: Context) -> Co
     if type(counters) is not dict:
         raise saved.wrong("counters", "a dict of numbers")
     for key, value in counters.items():
-        if type(key) is not str or type(value) not in (int, float):
-            raise StateError(f"{join('counters', str(key))}: checkpoint has {show(value)}, pipeline needs a number")
+        if type(key) is not str or type(value) not in (int, float) or not value >= 0:
+            raise StateError(f"{join('counters', str(key))}: checkpoint has {show(value)}, "
+                             "pipeline needs a number >= 0")
     return Context(ctx.rank, ctx.world_size, ctx.worker, ctx.num_workers, epoch, ctx.seed)
 
 
@@ -168,9 +169,12 @@ def check_stages(state: Mapping[str, Any], settings: list[dict[str, Any]]) -> li
     return stages
 
 
-def check_plan(saved: Any, ctx: Context) -> None:
-    """The balanced epoch the checkpoint followed is the one this run plans."""
+def check_plan(state: Mapping[str, Any], ctx: Context) -> None:
+    """The balanced epoch the checkpoint followed (``plan``, ``None`` for none) is the one this run plans."""
     now = plan_summary(ctx.plan)
+    if "plan" not in state:
+        raise StateError(f"plan: checkpoint has none, pipeline has {show(now)}")
+    saved = state["plan"]
     if saved is None or now is None:
         check_field("plan", saved, now)
         return

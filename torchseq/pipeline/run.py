@@ -90,7 +90,7 @@ class Run:
         states = checkpoint.check_stages(state, self.settings()) if state else [{}] * (len(pipe.stages) + 1)
         ctx = dataclasses.replace(ctx, plan=worker_plan(pipe.source, pipe.stages, pipe.balance_policy, ctx))
         if state:
-            checkpoint.check_plan(state.get("plan"), ctx)
+            checkpoint.check_plan(state, ctx)
         plan = ctx.plan
         target = plan.num_batches if plan is not None and plan.guard else None
         guard = checkpoint.check_guard(state.get("guard"), target) if state else {}

@@ -189,7 +189,7 @@ class ShardSource(ABC):
             plan = assign_shards(len(shards), ctx, self.shuffle_seed)
         # Balanced plans give empty shards to no one: one worker looks at them.
         probe = plan.empty_shards if plan.balanced and ctx.global_worker == 0 else ()
-        return _Reading(self, shards, plan, state, probe)
+        return _Reading(self, shards, plan, state, probe, ctx.epoch)
 
 
 class _Reading(Running):
@@ -199,7 +199,8 @@ class _Reading(Running):
                  "policy", "bad", "empty", "label")
 
     def __init__(
-        self, source: ShardSource, shards: list[str], plan: WorkerPlan, state: State, probe: tuple[int, ...]
+        self, source: ShardSource, shards: list[str], plan: WorkerPlan, state: State, probe: tuple[int, ...],
+        epoch: int,
     ) -> None:
         self.source = source
         self.shards = shards
@@ -210,7 +211,7 @@ class _Reading(Running):
         self.ordinal = 0  # items read in that shard
         self.counter = 0  # items kept overall (record-level split)
         if state:
-            self._resume(Saved(state))
+            self._resume(Saved(state), epoch)
         self.first_counter = self.counter
         options = source.options
         self.policy = ErrorPolicy(options.on_error, options.max_errors, options.max_error_rate)
@@ -240,14 +241,19 @@ class _Reading(Running):
             self.identity = json.dumps([list(pair) for pair in zip(self.shards, stamps, strict=True)])
         return self.identity
 
-    def _resume(self, saved: Saved) -> None:
-        """Take the cursor from a checkpoint, checking every field against the plan and the shards."""
+    def _resume(self, saved: Saved, epoch: int) -> None:
+        """Take the cursor from a checkpoint, checking every field against the plan and the shards.
+
+        The plan's order comes from the checkpoint's epoch: a cursor that does not fit it names that epoch.
+        """
         plan, ranges = self.plan, self.plan.ranges
         check_shard_list(saved.get("shards", "the shard list"), self.shard_identity())
         check_field("stride", saved.get("stride"), plan.stride)
         check_field("offset", saved.get("offset"), plan.offset)
         saved.counts("skipped")
-        self.range = saved.integer("range", 0, len(ranges))
+        self.range = saved.value.get("range", -1)
+        if type(self.range) is not int or not 0 <= self.range <= len(ranges):
+            raise saved.wrong("range", f"an int in [0, {len(ranges)}] (the ranges in epoch {epoch}'s shard order)")
         self.index = saved.integer("index", 0)
         self.ordinal = saved.integer("ordinal", 0)
         self.counter = saved.integer("counter", 0)
@@ -264,10 +270,12 @@ class _Reading(Running):
             if plan.stride > 1 and (self.counter - 1) % plan.stride != plan.offset:
                 raise saved.wrong("counter", f"an item this worker keeps (counter % {plan.stride} == "
                                              f"{(plan.offset + 1) % plan.stride})")
-            self._check_position()
-        check_field("read", saved.get("read"), self.read_ranges())
+        check_field("read", saved.get("read"), self.read_ranges(),
+                    f" (the reads in epoch {epoch}'s shard order: is the checkpoint's epoch right?)")
+        if not done and self.index:
+            self._check_position(epoch)
 
-    def _check_position(self) -> None:
+    def _check_position(self, epoch: int) -> None:
         """The shard holds exactly ``ordinal`` items up to the checkpoint's ``index``, the last at ``index``."""
         path = self.shards[self.plan.ranges[self.range][0]]
         count = last = 0
@@ -285,10 +293,12 @@ class _Reading(Running):
                 close()
         if last != self.index:
             raise StateError(f"index: checkpoint has {self.index}, but {path} has no item there (its items "
-                             f"up to there end at {last}); the checkpoint was modified or the shard changed")
+                             f"up to there end at {last}, in epoch {epoch}'s shard order); the checkpoint was modified "
+                             "or the shard changed")
         if count != self.ordinal:
             raise StateError(f"ordinal: checkpoint has {self.ordinal} items up to position {self.index} of "
-                             f"{path}, the shard has {count}; the checkpoint was modified or the shard changed")
+                             f"{path}, the shard has {count} (in epoch {epoch}'s shard order); the checkpoint was "
+                             "modified or the shard changed")
 
     def read_ranges(self) -> list[list[int | None]]:
         """The item ranges of the epoch's order consumed so far (whole ranges, then the current one)."""

@@ -68,7 +68,11 @@ def check_settings(where: str, saved: Any, now: Mapping[str, Any]) -> None:
         raise StateError(f"{where}: checkpoint has {show(saved)}, pipeline has {show(dict(now))}")
     for key in sorted(set(saved) | set(now), key=str):
         name = join(where, key) if isinstance(key, str) else f"{where}[{key!r}]"
-        ours, theirs = now.get(key), saved.get(key)
+        if key not in saved or key not in now:
+            theirs_shown = show(saved[key]) if key in saved else "none"
+            ours_shown = show(now[key]) if key in now else "none"
+            raise StateError(f"{name}: checkpoint has {theirs_shown}, pipeline has {ours_shown}")
+        ours, theirs = now[key], saved[key]
         if type(ours) is dict and type(theirs) is dict:
             check_settings(name, theirs, ours)
         else:
