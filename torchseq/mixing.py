@@ -325,15 +325,14 @@ class _Mixing(Running):
         self.mix, self.ctx = mix, ctx
         self.counts = {f"mix.{n}.{unit}": 0 for n in mix.names for unit in ("records", "batches")}
         children = saved.nested("children") if saved is not None else None
-        if saved is not None and children is not None:
+        if children is not None:
             check_field("sources", saved.get("sources"), list(mix.names))
-            for extra in set(children.value) - set(mix.names):
+            for extra in set(children.value) - set(mix.names):  # each name's state is read below
                 raise children.wrong(extra, f"no such source (it has {list(mix.names)})")
             self.counts.update(saved.counts("counters", self.counts))
         self.children = [_Child(name, pipe, ctx, children.nested(name) if children is not None else None)
                          for name, pipe in zip(mix.names, mix.children, strict=True)]
-        # Every batch delivered was counted for its source: the step is their sum.
-        self.step = sum(self.counts[f"mix.{n}.batches"] for n in mix.names)
+        self.step = sum(self.counts[f"mix.{n}.batches"] for n in mix.names)  # each batch counts for its source
         self.rng: random.Random | None = None
         if mix.level == "record":
             self.rng = seeded_random("mix", mix.seed, ctx.epoch, ctx.rank, ctx.worker)
