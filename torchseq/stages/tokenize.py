@@ -15,7 +15,6 @@ fork is what makes ``tokenizers`` warn (or hang) in every forked worker.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from torchseq.errors import ConfigError, StateError
 from torchseq.protocol import Running
 from torchseq.records import TEXT_FIELDS, Record
 from torchseq.stages.encoder import FastEncoder
+from torchseq.stages.fingerprint import tokenizer_identity
 from torchseq.state import Saved, SnapshotEncoder, State, show
 
 Encoder = Callable[[list[str]], list[list[int]]]
@@ -109,7 +109,8 @@ class Tokenize:
 
     State: ``pending`` -- records pulled from upstream but not yet yielded,
     stored untokenized (they are re-tokenized on resume; nothing delivered is).
-    Settings checked on resume: the tokenizer's digest (:func:`tokenizer_identity`),
+    Settings checked on resume: the tokenizer's digest
+    (:func:`~torchseq.stages.fingerprint.tokenizer_identity`),
     ``max_length``, ``fields``, ``pad_id``.
     """
 
@@ -209,46 +210,6 @@ def tokenizer_spec(tokenizer: Any) -> Any:
     if isinstance(tokenizer, (str, os.PathLike)) and not os.path.exists(os.fspath(tokenizer)):
         raise ConfigError(f"{os.fspath(tokenizer)}: tokenizer file not found")
     return tokenizer
-
-
-_DIGESTS: dict[Any, tuple[Any, str]] = {}
-
-
-def _digest(data: bytes | str) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return "blake2b:" + hashlib.blake2b(raw, digest_size=16).hexdigest()
-
-
-def tokenizer_identity(tokenizer: Any) -> str:
-    """What a checkpoint records of a tokenizer: a digest of its definition, once per process.
-
-    A ``tokenizer.json`` path: its bytes; a ``tokenizers.Tokenizer`` or a
-    ``transformers`` fast tokenizer: its serialization; a callable: its name
-    (its code cannot be compared).
-    """
-    if isinstance(tokenizer, (str, os.PathLike)):
-        path = os.fspath(tokenizer)
-        stat = os.stat(path)
-        key: Any = (path, stat.st_size, stat.st_mtime_ns)
-    else:
-        key = id(tokenizer)
-    cached = _DIGESTS.get(key)
-    if cached is None:
-        # Holding ``tokenizer`` keeps its id from being reused while the entry lives.
-        cached = _DIGESTS[key] = (tokenizer, _identity(tokenizer))
-    return cached[1]
-
-
-def _identity(tokenizer: Any) -> str:
-    if isinstance(tokenizer, (str, os.PathLike)):
-        with open(os.fspath(tokenizer), "rb") as f:
-            return f"tokenizer.json {_digest(f.read())}"
-    if isinstance(tokenizer, _lazy_tokenizers().Tokenizer):
-        return f"Tokenizer {_digest(tokenizer.to_str())}"
-    if _is_transformers_fast(tokenizer):
-        return f"{type(tokenizer).__name__} {_digest(tokenizer.backend_tokenizer.to_str())}"
-    named = tokenizer if hasattr(tokenizer, "__qualname__") else type(tokenizer)
-    return f"callable {getattr(named, '__module__', '?')}.{named.__qualname__}"
 
 
 def encode_reference(tokenizer_file: str, texts: Sequence[str], max_length: int) -> list[list[int]]:
