@@ -325,7 +325,7 @@ class _Mixing(Running):
         self.mix, self.ctx = mix, ctx
         self.counts = {f"mix.{n}.{unit}": 0 for n in mix.names for unit in ("records", "batches")}
         children = saved.nested("children") if saved is not None else None
-        if children is not None:
+        if saved is not None and children is not None:
             check_field("sources", saved.get("sources"), list(mix.names))
             for extra in set(children.value) - set(mix.names):  # each name's state is read below
                 raise children.wrong(extra, f"no such source (it has {list(mix.names)})")

@@ -24,7 +24,6 @@ import copy
 import itertools
 import warnings
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -291,7 +290,8 @@ def check(case: Case, path: Path_, mutation: str, new: Any) -> str:
         rest = run_rest(pipe, case.ctx, state)
     except ts.StateError as exc:
         message = str(exc)
-        assert names_the_field(message, path, case.state, new), f"{field_name(path)} {mutation}: the message names another field: {message}"
+        assert names_the_field(message, path, case.state, new), (
+            f"{field_name(path)} {mutation}: the message names another field: {message}")
         return "refused"
     except Exception as exc:  # noqa: BLE001 - what escapes is the failure being tested for
         pytest.fail(f"{field_name(path)} {mutation}: {type(exc).__name__}: {exc}")

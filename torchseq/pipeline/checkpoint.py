@@ -161,8 +161,8 @@ def check_stages(state: Mapping[str, Any], settings: list[dict[str, Any]]) -> li
         check_settings(f"settings[{index}]", theirs, ours)
     stages = state.get("stages")
     if type(stages) is not list or len(stages) != len(settings):
-        found = len(stages) if type(stages) is list else show(stages)
-        raise StateError(f"stages: checkpoint has {found}, pipeline has {len(settings)}")
+        shown = str(len(stages)) if type(stages) is list else show(stages)
+        raise StateError(f"stages: checkpoint has {shown}, pipeline has {len(settings)}")
     for index, stage in enumerate(stages):
         if type(stage) is not dict:
             raise StateError(f"stages[{index}]: checkpoint has {show(stage)}, pipeline needs a dict")

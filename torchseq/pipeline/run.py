@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from torchseq.context import Context
+from torchseq.errors import StateError
 from torchseq.pipeline import checkpoint
 from torchseq.pipeline.guard import StepGuard
 from torchseq.pipeline.planning import worker_plan
 from torchseq.pipeline.stats import merge
-from torchseq.errors import StateError
 from torchseq.protocol import Counters, Running, Source, Stage
 from torchseq.state import State, within
 

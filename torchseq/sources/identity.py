@@ -10,6 +10,7 @@ reading loop reports it as it would without a checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -56,7 +57,7 @@ def shard_stamps(shards: Sequence[str], options: ReaderOptions) -> list[str]:
     for directory, positions in remote.items():
         fs = filesystem_for(directory, options.storage_options)
         try:
-            listing = with_retry(directory, "listing", options.retry, lambda: fs.ls(directory, detail=True))
+            listing = with_retry(directory, "listing", options.retry, functools.partial(fs.ls, directory, detail=True))
         except (TorchseqError, OSError):
             listing = []  # no listing (an HTTP server): one request per shard
         found = {str(info.get("name", "")).rstrip("/").rsplit("/", 1)[-1]: info
@@ -66,7 +67,7 @@ def shard_stamps(shards: Sequence[str], options: ReaderOptions) -> list[str]:
             info = found.get(url.rsplit("/", 1)[-1])
             if info is None:
                 try:
-                    info = with_retry(url, "looking up", options.retry, lambda: fs.info(url))
+                    info = with_retry(url, "looking up", options.retry, functools.partial(fs.info, url))
                 except (TorchseqError, OSError):
                     stamps[position] = "unreachable"
                     continue

@@ -42,10 +42,9 @@ def _identity(tokenizer: Any) -> str:
     if isinstance(tokenizer, (str, os.PathLike)):
         with open(os.fspath(tokenizer), "rb") as f:
             return f"tokenizer.json {_digest(f.read())}"
-    backend = getattr(tokenizer, "backend_tokenizer", None)  # a transformers fast tokenizer
-    if callable(getattr(backend, "to_str", None)):
-        return f"{type(tokenizer).__name__} {_digest(backend.to_str())}"
-    if callable(getattr(tokenizer, "to_str", None)):  # a tokenizers.Tokenizer
-        return f"{type(tokenizer).__name__} {_digest(tokenizer.to_str())}"
+    backend = getattr(tokenizer, "backend_tokenizer", tokenizer)  # a transformers fast tokenizer's
+    to_str = getattr(backend, "to_str", None)  # a tokenizers.Tokenizer
+    if callable(to_str):
+        return f"{type(tokenizer).__name__} {_digest(to_str())}"
     named = tokenizer if hasattr(tokenizer, "__qualname__") else type(tokenizer)
     return f"callable {getattr(named, '__module__', '?')}.{named.__qualname__}"

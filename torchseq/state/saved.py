@@ -94,7 +94,7 @@ class Saved:
 
     def rng(self, key: str, rng: random.Random) -> None:
         """Restore ``rng`` from the field (a ``random.Random`` state that went through builtins)."""
-        value = self.value.get(key)
+        value: Any = self.value.get(key)
         what = "a random.Random state (3, 625 ints, None)"
         if type(value) not in (tuple, list) or len(value) != 3 or type(value[1]) not in (tuple, list) \
                 or len(value[1]) != _RNG_WORDS or any(type(word) is not int for word in value[1]):
