@@ -10,17 +10,8 @@ pipeline by :func:`check_field` / :func:`check_settings`
 :class:`~torchseq.errors.StateError` whose message starts with the field.
 """
 
-from torchseq.state.checks import check_field, check_settings, join, same, show, within
-from torchseq.state.codec import (
-    SnapshotEncoder,
-    State,
-    check_tree,
-    decode_batches,
-    decode_records,
-    decode_value,
-    encode_record,
-    encode_value,
-)
+from torchseq.state.checks import check_field, check_settings, join, show, within
+from torchseq.state.codec import SnapshotEncoder, State, decode_batches, decode_records, encode_record
 from torchseq.state.saved import Saved
 
 __all__ = [
@@ -29,14 +20,10 @@ __all__ = [
     "State",
     "check_field",
     "check_settings",
-    "check_tree",
     "decode_batches",
     "decode_records",
-    "decode_value",
     "encode_record",
-    "encode_value",
     "join",
-    "same",
     "show",
     "within",
 ]
