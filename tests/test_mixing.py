@@ -305,5 +305,5 @@ def test_resume_checks_sources(sources: dict[str, list[str]]) -> None:
     state = mixed.state_dict()
     other = ts.mix({"big": pipes["big"], "mid": pipes["mid"], "tiny": pipes["small"]}, stop="all_exhausted")
     other.load_state_dict(state)
-    with pytest.raises(StateError, match="mix sources"):
+    with pytest.raises(StateError, match=r"settings\[0\]\.names: checkpoint has"):
         next(iter(other))

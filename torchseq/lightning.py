@@ -40,6 +40,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchseq.errors import StateError
 from torchseq.meter import BatchMeter, deferral_rate, pipeline_counters
 from torchseq.pipeline import Pipeline
+from torchseq.state import check_field, show
 
 __all__ = ["EpochLoader", "PairDataModule"]
 
@@ -127,7 +128,11 @@ class EpochLoader(StatefulDataLoader):  # type: ignore[misc]  # torchdata ships 
             # fit loop then loads the loader state it saved, which is rank 0's.
             return
         if _LOADER in state_dict:
-            self._replay = list(state_dict.get(_PENDING, []))
+            pending = state_dict.get(_PENDING)
+            if type(pending) is not list:
+                raise StateError(f"{_PENDING}: checkpoint has {show(pending)}, pipeline needs the list of "
+                                 "batches handed out but not trained on")
+            self._replay = list(pending)
             super().load_state_dict(state_dict[_LOADER])
         else:
             super().load_state_dict(state_dict)
@@ -254,9 +259,12 @@ class PairDataModule(pl.LightningDataModule):
         if not state_dict:
             return
         rank, world_size = _rank_and_world()
-        if state_dict.get("world_size") != world_size:
-            raise StateError(f"world_size: checkpoint has {state_dict.get('world_size')}, pipeline has {world_size}")
-        mine = state_dict["train_loaders"][rank]
+        check_field("world_size", state_dict.get("world_size"), world_size)
+        loaders = state_dict.get("train_loaders")
+        if type(loaders) is not list or len(loaders) != world_size or not isinstance(loaders[rank], dict):
+            raise StateError(f"train_loaders: checkpoint has {show(loaders)}, pipeline needs one loader state "
+                             f"(a dict) per rank, {world_size} in all")
+        mine = loaders[rank]
         if self._train_loader is not None:
             self._train_loader.pin_state(mine)
         else:

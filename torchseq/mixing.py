@@ -48,14 +48,14 @@ from itertools import accumulate
 from typing import Any, Literal
 
 from torchseq.context import Context
-from torchseq.errors import ConfigError, DataError
+from torchseq.errors import ConfigError, DataError, StateError
 from torchseq.pipeline import Pipeline, Run
 from torchseq.pipeline.stats import merge
 from torchseq.protocol import Counters, Running
-from torchseq.rng import derive_seed, restore_rng, seeded_random
+from torchseq.rng import derive_seed, seeded_random
 from torchseq.sources.base import ShardSource
 from torchseq.sources.index import shard_counts
-from torchseq.state import State, check_field
+from torchseq.state import Saved, State, check_field, within
 
 Stop = Literal["first_exhausted", "all_exhausted", "never"]
 Level = Literal["record", "batch"]
@@ -197,14 +197,19 @@ class _Child:
 
     __slots__ = ("name", "pipe", "ctx", "passes", "run", "exhausted", "earlier")
 
-    def __init__(self, name: str, pipe: Pipeline, ctx: Context, state: State) -> None:
-        self.name = name
-        self.pipe = pipe
-        self.ctx = ctx
-        self.passes = int(state.get("passes", 0))
-        self.exhausted = bool(state.get("exhausted", False))
+    def __init__(self, name: str, pipe: Pipeline, ctx: Context, saved: Saved | None) -> None:
+        self.name, self.pipe, self.ctx = name, pipe, ctx
         self.earlier: Counters = {}  # what the finished passes counted
-        self.run = self._open(state.get("stream"))
+        self.passes = saved.integer("passes") if saved is not None else 0
+        self.exhausted = saved.flag("exhausted") if saved is not None else False
+        stream = saved.nested("stream", empty=False) if saved is not None else None
+        if stream is not None:
+            check_field(stream.field("epoch"), stream.value.get("epoch"), _pass_epoch(ctx.epoch, self.passes),
+                        f" (from epoch {ctx.epoch} and passes {self.passes})")
+        try:
+            self.run = self._open(stream.value if stream is not None else None)
+        except StateError as exc:  # only a resumed child's state is checked
+            raise within(stream.where if stream is not None else "stream", exc) from None
 
     def _open(self, state: State | None) -> Run:
         ctx = dataclasses.replace(self.ctx, epoch=_pass_epoch(self.ctx.epoch, self.passes), plan=None)
@@ -259,10 +264,12 @@ class MixSource:
             lines += [f"    [{name}] " + line.strip() for line in repr(child).splitlines()[1:]]
         return "\n".join(lines)
 
+    def settings(self) -> dict[str, Any]:
+        return {"names": list(self.names), "probabilities": list(self.probabilities), "stop": self.stop,
+                "level": self.level, "seed": self.seed, "tag": self.tag}
+
     def open(self, ctx: Context, state: State) -> Running:
-        if state:
-            check_field("mix sources", state.get("sources"), list(self.names))
-        return _Mixing(self, ctx, state)
+        return _Mixing(self, ctx, Saved(state) if state else None)
 
     # ------------------------------------------------------------- drawing
     def _active(self, children: list[_Child]) -> tuple[list[int], list[float]]:
@@ -314,35 +321,33 @@ class _Mixing(Running):
 
     __slots__ = ("mix", "ctx", "children", "counts", "step", "rng")
 
-    def __init__(self, mix: MixSource, ctx: Context, state: State) -> None:
-        self.mix = mix
-        self.ctx = ctx
-        saved = state.get("children", {})
-        self.children = [_Child(name, pipe, ctx, saved.get(name, {}))
-                         for name, pipe in zip(mix.names, mix.children, strict=True)]
+    def __init__(self, mix: MixSource, ctx: Context, saved: Saved | None) -> None:
+        self.mix, self.ctx = mix, ctx
         self.counts = {f"mix.{n}.{unit}": 0 for n in mix.names for unit in ("records", "batches")}
-        self.counts.update({k: int(v) for k, v in state.get("counters", {}).items()})
-        self.step = int(state.get("step", 0))
+        children = saved.nested("children") if saved is not None else None
+        if saved is not None and children is not None:
+            check_field("sources", saved.get("sources"), list(mix.names))
+            for extra in set(children.value) - set(mix.names):  # each name's state is read below
+                raise children.wrong(extra, f"no such source (it has {list(mix.names)})")
+            self.counts.update(saved.counts("counters", self.counts))
+        self.children = [_Child(name, pipe, ctx, children.nested(name) if children is not None else None)
+                         for name, pipe in zip(mix.names, mix.children, strict=True)]
+        self.step = sum(self.counts[f"mix.{n}.batches"] for n in mix.names)  # each batch counts for its source
         self.rng: random.Random | None = None
         if mix.level == "record":
             self.rng = seeded_random("mix", mix.seed, ctx.epoch, ctx.rank, ctx.worker)
-            if "rng" in state:
-                restore_rng(self.rng, state["rng"])
+            if saved is not None:
+                saved.rng("rng", self.rng)
             self.iterator = self._records(self.rng)
         else:
+            if saved is not None:
+                check_field("step", saved.get("step"), self.step, " (the sum of its counters mix.*.batches)")
             self.iterator = self._batches()
 
     def state_dict(self) -> State:
-        state: State = {
-            "sources": list(self.mix.names),
-            "children": {c.name: c.snapshot() for c in self.children},
-            "counters": dict(self.counts),
-        }
-        if self.rng is not None:
-            state["rng"] = self.rng.getstate()
-        else:
-            state["step"] = self.step
-        return state
+        position: State = {"rng": self.rng.getstate()} if self.rng is not None else {"step": self.step}
+        return {"sources": list(self.mix.names), "children": {c.name: c.snapshot() for c in self.children},
+                "counters": dict(self.counts), **position}
 
     def counters(self) -> Counters:
         """Deliveries per source, plus everything the children counted."""

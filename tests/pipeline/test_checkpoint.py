@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -213,15 +214,15 @@ def test_resume_between_snapshots_is_exact(tmp_path, tokenizer_file, num_workers
         assert [fingerprint(b) for b in fresh] == full[cut:], f"cut {cut}"
 
 
-def test_a_version_2_checkpoint_is_refused(tmp_path):
+def test_an_older_checkpoint_is_refused(tmp_path):
     shards = write_shards(tmp_path, [30, 50])
     ctx = Context(0, 2, 0, 1)
     state = state_after(make_local(shards), ctx, 2)
-    assert state["version"] == 3
-    state["version"] = 2  # what torchseq 0.1.0 wrote
+    assert state["version"] == 4
+    state["version"] = 3  # what torchseq wrote before checkpoints held the shard list and the settings
     pipe = make_local(shards)
     pipe.load_state_dict(state)
-    with pytest.raises(ts.StateError, match="version: checkpoint has 2, pipeline has 3"):
+    with pytest.raises(ts.StateError, match="^version: checkpoint has 3, pipeline has 4; it was written by an older"):
         next(pipe.iterate(ctx))
 
 
@@ -246,3 +247,151 @@ def test_positions_are_ranges_of_the_epochs_record_order(tmp_path, batches, worl
         read.extend(starts[shard] + item for item in range(first, end))
     assert sorted(delivered + held) == sorted(read)
     assert len(set(read)) == len(read)
+
+
+# ------------------------------------------------------------------ a different stream is refused
+# One process, no workers, no plan: the checks that once existed only for balanced plans.
+
+
+def state_of(pipe: ts.Pipeline, n: int) -> dict[str, Any]:
+    iterator = iter(pipe)
+    for _ in range(n):
+        next(iterator)
+    return weights_only_roundtrip(pipe.state_dict())
+
+
+def refused(pipe: ts.Pipeline, state: dict[str, Any]) -> str:
+    """The StateError message of resuming ``pipe`` from ``state`` (it must be refused)."""
+    with pytest.raises(ts.StateError) as caught:
+        pipe.load_state_dict(state)
+        next(iter(pipe))
+    return str(caught.value)
+
+
+def test_reordered_shards_are_refused(tmp_path):
+    shards = write_shards(tmp_path, [20, 20, 20])
+    state = state_of(ts.read_jsonl(shards).batch(4), 3)
+    message = refused(ts.read_jsonl(shards[::-1]).batch(4), state)
+    assert re.search(r"^stages\[0\]\.shards\[0\]: checkpoint has '[^']*part-0\.jsonl\.gz' \(\d+ bytes, "
+                     r"mtime_ns \d+\), pipeline has '[^']*part-2\.jsonl\.gz'", message), message
+
+
+def test_a_replaced_shard_is_refused(tmp_path):
+    shards = write_shards(tmp_path, [20, 20])
+    state = state_of(ts.read_jsonl(shards).batch(4), 2)
+    write_jsonl(Path(shards[0]), rows(100, 20))  # new content, same path, same number of records
+    message = refused(ts.read_jsonl(shards).batch(4), state)
+    assert re.search(r"^stages\[0\]\.shards\[0\]: checkpoint has '[^']*part-0\.jsonl\.gz' \(\d+ bytes, mtime_ns "
+                     r"\d+\), pipeline has '[^']*part-0\.jsonl\.gz' \(", message), message
+
+
+VARIANTS = {
+    "batch size": (lambda s: ts.read_jsonl(s).batch(4), lambda s: ts.read_jsonl(s).batch(5),
+                   "settings[1].batch_size: checkpoint has 4, pipeline has 5"),
+    "drop_last": (lambda s: ts.read_jsonl(s).batch(4), lambda s: ts.read_jsonl(s).batch(4, drop_last=True),
+                  "settings[1].drop_last: checkpoint has False, pipeline has True"),
+    "unique": (lambda s: ts.read_jsonl(s).batch(4, unique=True),
+               lambda s: ts.read_jsonl(s).batch(4, unique=ts.Unique(leftover="drop")),
+               "settings[1].unique.leftover: checkpoint has 'smaller', pipeline has 'drop'"),
+    "shuffle buffer": (lambda s: ts.read_jsonl(s).shuffle(8, seed=1).batch(4),
+                       lambda s: ts.read_jsonl(s).shuffle(9, seed=1).batch(4),
+                       "settings[1].buffer_size: checkpoint has 8, pipeline has 9"),
+    "shuffle seed": (lambda s: ts.read_jsonl(s).shuffle(8, seed=1).batch(4),
+                     lambda s: ts.read_jsonl(s).shuffle(8, seed=2).batch(4),
+                     "settings[0].shuffle_seed: checkpoint has 1, pipeline has 2"),
+    "reader fields": (lambda s: ts.read_jsonl(s).batch(4),
+                      lambda s: ts.read_jsonl(s, fields={"anchor": "positive", "positive": "anchor"}).batch(4),
+                      "settings[0].fields: checkpoint has None, pipeline has {'anchor': 'positive', "),
+    "sample_pairs": (lambda s: ts.read_jsonl(s).sample_pairs(swap=True).batch(4),
+                     lambda s: ts.read_jsonl(s).sample_pairs(swap=False).batch(4),
+                     "settings[1].swap: checkpoint has True, pipeline has False"),
+    "max_length": (lambda s: ts.read_jsonl(s).tokenize(TOKENIZER, 64).batch(4),
+                   lambda s: ts.read_jsonl(s).tokenize(TOKENIZER, 8).batch(4),
+                   "settings[1].max_length: checkpoint has 64, pipeline has 8"),
+    "tokenized fields": (lambda s: ts.read_jsonl(s).tokenize(TOKENIZER, 16).batch(4),
+                         lambda s: ts.read_jsonl(s).tokenize(TOKENIZER, 16, fields=["anchor"]).batch(4),
+                         "settings[1].fields: checkpoint has ['anchor', 'positive', 'negatives'], "
+                         "pipeline has ['anchor']"),
+    "tokenizer": (lambda s: ts.read_jsonl(s).tokenize(TOKENIZER, 16).batch(4),
+                  lambda s: ts.read_jsonl(s).tokenize(whitespace_ids, 16).batch(4),
+                  "settings[1].tokenizer: checkpoint has 'tokenizer.json blake2b:"),
+    "bucket": (lambda s: ts.read_jsonl(s).tokenize(TOKENIZER, 16).bucket(4, pool_batches=3),
+               lambda s: ts.read_jsonl(s).tokenize(TOKENIZER, 16).bucket(4, pool_batches=2),
+               "settings[2].pool_batches: checkpoint has 3, pipeline has 2"),
+    "token budget": (lambda s: ts.read_jsonl(s).tokenize(TOKENIZER, 16).batch_by_tokens(128, pool_size=32),
+                     lambda s: ts.read_jsonl(s).tokenize(TOKENIZER, 16).batch_by_tokens(96, pool_size=32),
+                     "settings[2].max_tokens: checkpoint has 128, pipeline has 96"),
+    "collate padding": (lambda s: ts.read_jsonl(s).tokenize(TOKENIZER, 16).batch(4).collate(),
+                        lambda s: ts.read_jsonl(s).tokenize(TOKENIZER, 16).batch(4).collate(pad_to_multiple_of=8),
+                        "settings[3].pad_to_multiple_of: checkpoint has None, pipeline has 8"),
+}
+TOKENIZER = str(REPO / "torchseq" / "data" / "tokenizer.json")
+
+
+def whitespace_ids(texts: list[str]) -> list[list[int]]:
+    return [[len(word) for word in text.split()][:16] for text in texts]
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_a_changed_stage_setting_is_refused(tmp_path, name):
+    saved, changed, expected = VARIANTS[name]
+    shards = write_shards(tmp_path, [20, 20])
+    state = state_of(saved(shards), 2)
+    message = refused(changed(shards), state)
+    assert message.startswith(expected), message
+    # The unchanged pipeline resumes.
+    pipe = saved(shards)
+    pipe.load_state_dict(state)
+    assert list(pipe)
+
+
+def test_a_changed_setting_is_refused_through_workers(tmp_path):
+    shards = write_shards(tmp_path, [30, 50])
+    loader = StatefulDataLoader(ts.read_jsonl(shards).batch(4), batch_size=None, num_workers=1)
+    iterator = iter(loader)
+    next(iterator)
+    state = weights_only_roundtrip(loader.state_dict())
+    del iterator
+    fresh = StatefulDataLoader(ts.read_jsonl(shards).batch(5), batch_size=None, num_workers=1)
+    fresh.load_state_dict(state)
+    with pytest.raises(ts.StateError, match=r"settings\[1\]\.batch_size: checkpoint has 4, pipeline has 5"):
+        list(fresh)
+
+
+def test_a_mixture_refuses_a_changed_child(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = write_shards(tmp_path / "a", [20, 10])
+    b = write_shards(tmp_path / "b", [15])
+
+    def make(size: int) -> ts.Pipeline:
+        return ts.mix({"a": ts.read_jsonl(a).batch(size), "b": ts.read_jsonl(b).batch(3)}, level="batch")
+
+    state = state_of(make(4), 3)
+    message = refused(make(5), state)
+    assert message.startswith("stages[0].children.a.stream.settings[1].batch_size: checkpoint has 4, "
+                              "pipeline has 5"), message
+    reordered = ts.mix({"a": ts.read_jsonl(a[::-1]).batch(4), "b": ts.read_jsonl(b).batch(3)}, level="batch")
+    message = refused(reordered, state)
+    assert message.startswith("stages[0].children.a.stream.stages[0].shards[0]: checkpoint has"), message
+
+
+def test_the_datamodule_refuses_a_changed_pipeline(tmp_path):
+    from torchseq.lightning import PairDataModule
+
+    shards = write_shards(tmp_path, [20, 20])
+
+    def make(max_length: int) -> ts.Pipeline:
+        return ts.read_jsonl(shards).tokenize(TOKENIZER, max_length).batch(4).collate()
+
+    module = PairDataModule(make(64), num_workers=0)
+    loader = module.train_dataloader()
+    batches = iter(loader)
+    next(batches)
+    loader.consumed()  # what on_before_batch_transfer does under a trainer
+    state = weights_only_roundtrip(module.state_dict())
+    del batches
+    resumed = PairDataModule(make(8), num_workers=0)
+    resumed.load_state_dict(state)
+    with pytest.raises(ts.StateError, match=r"settings\[1\]\.max_length: checkpoint has 64, pipeline has 8"):
+        list(resumed.train_dataloader())

@@ -113,6 +113,9 @@ class Collate:
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ConfigError(f"collate: pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
 
+    def settings(self) -> dict[str, Any]:
+        return {"pad_to_multiple_of": self.pad_to_multiple_of, "pad_id": self.pad_id}
+
     def resolved_pad_id(self) -> int:
         if self.pad_id is not None:
             return self.pad_id

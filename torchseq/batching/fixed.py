@@ -11,7 +11,7 @@ from torchseq.batching.unique import Unique, UniquePacker
 from torchseq.context import Context
 from torchseq.errors import ConfigError
 from torchseq.protocol import Counters, Running
-from torchseq.state import SnapshotEncoder, State, decode_records
+from torchseq.state import Saved, SnapshotEncoder, State
 
 
 def check_positive(stage: str, name: str, value: int) -> None:
@@ -37,19 +37,26 @@ class Batch:
     def balance_quantum(self) -> tuple[int, bool]:
         return self.batch_size, self.drop_last
 
+    def settings(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "drop_last": self.drop_last,
+                "unique": self.unique.settings() if self.unique is not None else None}
+
     def open(self, upstream: Iterator[Any], ctx: Context, state: State) -> Running:
+        saved = Saved(state) if state else None
         if self.unique is not None:
-            packer = UniquePacker(self.unique, FixedSize(self.batch_size), state.get("unique"),
-                                  ctx.planned_batches)
+            packer = UniquePacker(self.unique, FixedSize(self.batch_size),
+                                  saved.nested("unique") if saved is not None else None, ctx.planned_batches)
             return _UniqueBatching(packer, upstream, self.drop_last)
-        return _Batching(self.batch_size, self.drop_last, upstream, state)
+        return _Batching(self.batch_size, self.drop_last, upstream, saved)
 
 
 class _Batching(Running):
     __slots__ = ("partial", "encoder")
 
-    def __init__(self, size: int, drop_last: bool, upstream: Iterator[Any], state: State) -> None:
-        self.partial: list[Any] = decode_records(state.get("partial", []))
+    def __init__(self, size: int, drop_last: bool, upstream: Iterator[Any], saved: Saved | None) -> None:
+        self.partial: list[Any] = saved.records("partial") if saved is not None else []
+        if saved is not None and len(self.partial) >= size:
+            raise saved.wrong("partial", f"fewer than batch_size={size} records, not {len(self.partial)}")
         self.encoder = SnapshotEncoder()
         self.iterator = self._batches(upstream, size, drop_last)
 

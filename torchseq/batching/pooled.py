@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from torchseq.batching.fixed import check_positive
 from torchseq.batching.lengths import (
@@ -26,8 +27,8 @@ from torchseq.context import Context
 from torchseq.errors import ConfigError
 from torchseq.protocol import Counters, Running
 from torchseq.records import Record
-from torchseq.rng import restore_rng, seeded_random
-from torchseq.state import SnapshotEncoder, State, decode_records
+from torchseq.rng import seeded_random
+from torchseq.state import Saved, SnapshotEncoder, State
 
 
 class _PooledBatcher(ABC):
@@ -101,17 +102,23 @@ class _Pooling(Running):
     def __init__(self, stage: _PooledBatcher, upstream: Iterator[Record], ctx: Context, state: State) -> None:
         self.stage = stage
         self.rng = seeded_random(type(stage).__name__, stage.seed, ctx.epoch, ctx.rank, ctx.worker)
-        if "rng" in state:
-            restore_rng(self.rng, state["rng"])
-        self.pool: list[Record] = decode_records(state.get("pool", []))
-        self.ready: list[list[Record]] = [decode_records(b) for b in state.get("ready", [])]
         self.pool_size, self.per_batch = stage.pooling(ctx)
+        self.pool: list[Record] = []
+        self.ready: list[list[Record]] = []
+        saved = Saved(state) if state else None
+        if saved is not None:
+            saved.rng("rng", self.rng)
+            self.pool = saved.records("pool")
+            self.ready = saved.batches("ready")
+            if len(self.pool) >= self.pool_size or not all(isinstance(r, dict) for r in self.pool):
+                raise saved.wrong("pool", f"fewer than {self.pool_size} records (dicts), the pool's size")
         self.packer: UniquePacker | None = None
         if stage.unique is not None:
             # Under DDP the batch count is planned: keep the plan's batch size
             # (any per_batch records fit the budget) and its number of batches.
             limit = FixedSize(self.per_batch) if self.per_batch is not None else stage.limit()
-            self.packer = UniquePacker(stage.unique, limit, state.get("unique"), ctx.planned_batches)
+            resume = saved.nested("unique") if saved is not None else None
+            self.packer = UniquePacker(stage.unique, limit, resume, ctx.planned_batches)
         self.encoder = SnapshotEncoder()
         self.iterator = self._batches(upstream)
 
@@ -119,7 +126,7 @@ class _Pooling(Running):
         encoder = self.encoder
         state: State = {
             "pool": encoder.encode(self.pool),
-            "ready": [encoder.encode(b) for b in self.ready],
+            "ready": encoder.encode_batches(self.ready),
             "rng": self.rng.getstate(),
         }
         encoder.done()
@@ -187,6 +194,11 @@ class BucketBatch(_PooledBatcher):
     def pool_limit(self) -> int:
         return self.batch_size * self.pool_batches
 
+    def settings(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "pool_batches": self.pool_batches, "seed": self.seed,
+                "drop_last": self.drop_last, "shuffle_batches": self.shuffle_batches,
+                "unique": self.unique.settings() if self.unique is not None else None}
+
     def balance_quantum(self) -> tuple[int, bool]:
         # A pool is a whole number of batches, so n records make ceil(n / batch_size) batches.
         return self.batch_size, self.drop_last
@@ -237,6 +249,12 @@ class TokenBudgetBatch(_PooledBatcher):
             check_positive("batch_by_tokens", "pool_size", self.pool_size)
         if self.max_record_tokens is not None:
             check_positive("batch_by_tokens", "max_record_tokens", self.max_record_tokens)
+
+    def settings(self) -> dict[str, Any]:
+        return {"max_tokens": self.max_tokens, "pool_size": self.pool_size, "max_batch_size": self.max_batch_size,
+                "seed": self.seed, "shuffle_batches": self.shuffle_batches,
+                "max_record_tokens": self.max_record_tokens,
+                "unique": self.unique.settings() if self.unique is not None else None}
 
     @property
     def pool_limit(self) -> int:

@@ -34,7 +34,7 @@ from typing import Any, Literal, Protocol
 
 from torchseq.errors import ConfigError
 from torchseq.records import Record
-from torchseq.state import SnapshotEncoder, State, decode_records
+from torchseq.state import Saved, SnapshotEncoder, State
 
 Leftover = Literal["smaller", "duplicates", "drop"]
 LEFTOVER_CHOICES = ("smaller", "duplicates", "drop")
@@ -73,6 +73,12 @@ class Unique:
             raise ConfigError(f"unique: max_deferred must be >= 1, got {self.max_deferred}")
         if not callable(self.key):
             raise ConfigError(f"unique: key must be callable, got {type(self.key).__name__}")
+
+    def settings(self) -> dict[str, Any]:
+        """What shapes the batches (checked on resume); the key function by its name."""
+        key = self.key if hasattr(self.key, "__qualname__") else type(self.key)
+        return {"key": f"{getattr(key, '__module__', '?')}.{key.__qualname__}", "guid": self.guid,
+                "leftover": self.leftover, "max_deferred": self.max_deferred}
 
 
 def as_unique(value: bool | Unique | None) -> Unique | None:
@@ -141,25 +147,36 @@ class UniquePacker:
     """
 
     def __init__(
-        self, options: Unique, limit: Limit, resume: State | None = None, planned: int | None = None
+        self, options: Unique, limit: Limit, resume: Saved | None = None, planned: int | None = None
     ) -> None:
         self.options = options
         self.limit = limit
         self.planned = planned
         self._encoder = SnapshotEncoder()
-        resume = resume or {}
-        self.emitted = int(resume.get("emitted", 0))
+        self.emitted = 0
         self.current: list[Record] = []
         self.current_keys: set[Hashable] = set()
         self.deferred: list[Record] = []
         self.deferred_keys: list[frozenset[Hashable]] = []
-        self.ready: list[list[Record]] = [decode_records(b) for b in resume.get("ready", [])]
+        self.ready: list[list[Record]] = []
         self.counters: dict[str, int] = {name: 0 for name in COUNTERS}
-        for name, value in resume.get("counters", {}).items():
-            self.counters[name.removeprefix("unique.")] = int(value)
-        for record in decode_records(resume.get("current", [])):
+        if resume is not None:
+            self._resume(resume)
+
+    def _resume(self, saved: Saved) -> None:
+        self.emitted = saved.integer("emitted", 0, self.planned)
+        self.ready = saved.batches("ready")
+        counts = saved.counts("counters", [f"unique.{name}" for name in COUNTERS])
+        for name, value in counts.items():
+            self.counters[name.removeprefix("unique.")] = value
+        for record in saved.records("current"):
+            if not isinstance(record, dict):
+                raise saved.wrong("current", "records (dicts)")
             self._add(record, self._keys(record))
-        for record in decode_records(resume.get("deferred", [])):
+        deferred = saved.records("deferred")
+        if len(deferred) > self.options.max_deferred or not all(isinstance(r, dict) for r in deferred):
+            raise saved.wrong("deferred", f"at most max_deferred={self.options.max_deferred} records (dicts)")
+        for record in deferred:
             self._hold(record, self._keys(record))
 
     # ----------------------------------------------------------- state
@@ -168,7 +185,7 @@ class UniquePacker:
         state = {
             "current": encoder.encode(self.current),
             "deferred": encoder.encode(self.deferred),
-            "ready": [encoder.encode(b) for b in self.ready],
+            "ready": encoder.encode_batches(self.ready),
             "emitted": self.emitted,
             "counters": {f"unique.{name}": value for name, value in self.counters.items()},
         }

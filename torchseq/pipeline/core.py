@@ -367,7 +367,7 @@ class Pipeline(IterableDataset[Any]):
             StateError: a field does not fit, e.g. ``num_workers: checkpoint has
                 8, pipeline has 4`` (the stage count at once, the rest at the next ``iter``).
         """
-        if not state:
+        if isinstance(state, Mapping) and not state:
             self._resume = None
             return
         checkpoint.check_shape(state, len(self._stages) + 1)

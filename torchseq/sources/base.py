@@ -30,14 +30,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from torchseq.context import Context
-from torchseq.errors import CorruptShardError, ErrorPolicy, TorchseqError, data_error, located
+from torchseq.errors import CorruptShardError, ErrorPolicy, StateError, TorchseqError, data_error, located
 from torchseq.plan import WorkerPlan, assign_shards, check_plan_shards
 from torchseq.protocol import Counters, Running
 from torchseq.records import Record, RecordFormatError
 from torchseq.sources.fs import PIPE_PREFIX, check_pipe
+from torchseq.sources.identity import check_shard_list, shard_stamps
 from torchseq.sources.options import ReaderOptions
 from torchseq.sources.spec import ShardSpec, expand_spec, spec_items
-from torchseq.state import State, check_field
+from torchseq.state import Saved, State, check_field
 
 try:  # orjson parses pair lines ~2x faster; the stdlib is the fallback.
     import orjson
@@ -111,7 +112,13 @@ class ShardSource(ABC):
     first, end]`` item ranges of the epoch's record order this worker has
     consumed so far (``end`` ``None``: to the end of the shard), of which it
     keeps the items whose running index ``% stride == offset`` (a split by
-    record; ``stride`` 1 otherwise).
+    record; ``stride`` 1 otherwise); ``shards``: the shard list, in order,
+    each with the stamp of its version (:mod:`torchseq.sources.identity`),
+    as one JSON string (cheap to snapshot every step).
+
+    On resume the shard list must be the same, and a position inside a shard
+    is checked against the shard: it is read up to that position once more,
+    which must hold exactly ``ordinal`` items, the last at ``index``.
     """
 
     spec: ShardSpec
@@ -165,6 +172,12 @@ class ShardSource(ABC):
     def place(self, path: str, index: int, item: Any) -> str:
         return f"{path}:{index}"
 
+    def settings(self) -> dict[str, Any]:
+        """What shapes the records read (checked on resume): field mapping, size limit, shard shuffle."""
+        options = self.options
+        return {"fields": dict(options.fields) if options.fields else None,
+                "max_record_bytes": options.max_record_bytes, "shuffle_seed": self.shuffle_seed}
+
     def open(self, ctx: Context, state: State) -> Running:
         shards = self.shard_list()
         if state:
@@ -176,25 +189,29 @@ class ShardSource(ABC):
             plan = assign_shards(len(shards), ctx, self.shuffle_seed)
         # Balanced plans give empty shards to no one: one worker looks at them.
         probe = plan.empty_shards if plan.balanced and ctx.global_worker == 0 else ()
-        return _Reading(self, shards, plan, state, probe)
+        return _Reading(self, shards, plan, state, probe, ctx.epoch)
 
 
 class _Reading(Running):
     """A shard source at work: the reading loop, its cursor and its counters."""
 
-    __slots__ = ("source", "shards", "plan", "range", "index", "ordinal", "counter", "first_counter",
+    __slots__ = ("source", "shards", "plan", "identity", "range", "index", "ordinal", "counter", "first_counter",
                  "policy", "bad", "empty", "label")
 
     def __init__(
-        self, source: ShardSource, shards: list[str], plan: WorkerPlan, state: State, probe: tuple[int, ...]
+        self, source: ShardSource, shards: list[str], plan: WorkerPlan, state: State, probe: tuple[int, ...],
+        epoch: int,
     ) -> None:
         self.source = source
         self.shards = shards
         self.plan = plan
-        self.range: int = state.get("range", 0)  # position in plan.ranges
-        self.index: int = state.get("index", 0)  # index reached in that shard
-        self.ordinal: int = state.get("ordinal", 0)  # items read in that shard
-        self.counter: int = state.get("counter", 0)  # items kept overall (record-level split)
+        self.identity: str | None = None  # the shard list with stamps, taken when first needed
+        self.range = 0  # position in plan.ranges
+        self.index = 0  # index reached in that shard
+        self.ordinal = 0  # items read in that shard
+        self.counter = 0  # items kept overall (record-level split)
+        if state:
+            self._resume(Saved(state), epoch)
         self.first_counter = self.counter
         options = source.options
         self.policy = ErrorPolicy(options.on_error, options.max_errors, options.max_error_rate)
@@ -214,7 +231,74 @@ class _Reading(Running):
             "stride": self.plan.stride,
             "offset": self.plan.offset,
             "skipped": dict(self.policy.counts),
+            "shards": self.shard_identity(),
         }
+
+    def shard_identity(self) -> str:
+        """``[[path, stamp], ...]`` of the shard list as JSON, taken once per run."""
+        if self.identity is None:
+            stamps = shard_stamps(self.shards, self.source.options)
+            self.identity = json.dumps([list(pair) for pair in zip(self.shards, stamps, strict=True)])
+        return self.identity
+
+    def _resume(self, saved: Saved, epoch: int) -> None:
+        """Take the cursor from a checkpoint, checking every field against the plan and the shards.
+
+        The plan's order comes from the checkpoint's epoch: a cursor that does not fit it names that epoch.
+        """
+        plan, ranges = self.plan, self.plan.ranges
+        check_shard_list(saved.get("shards", "the shard list"), self.shard_identity())
+        check_field("stride", saved.get("stride"), plan.stride)
+        check_field("offset", saved.get("offset"), plan.offset)
+        saved.counts("skipped")
+        self.range = saved.value.get("range", -1)
+        if type(self.range) is not int or not 0 <= self.range <= len(ranges):
+            raise saved.wrong("range", f"an int in [0, {len(ranges)}] (the ranges in epoch {epoch}'s shard order)")
+        self.index = saved.integer("index", 0)
+        self.ordinal = saved.integer("ordinal", 0)
+        self.counter = saved.integer("counter", 0)
+        # A checkpoint stands before the first item, just after an item this worker kept, or at the end.
+        done = self.range == len(ranges)
+        if done or self.index == 0:
+            check_field("index", self.index, 0)
+            check_field("ordinal", self.ordinal, 0)
+            if not done and (self.range or self.counter):
+                raise saved.wrong("range", f"0 (with counter 0) or {len(ranges)} at index 0")
+        else:
+            _, start, end = ranges[self.range]
+            saved.integer("ordinal", start + 1, min(self.index, end) if end is not None else self.index)
+            if plan.stride > 1 and (self.counter - 1) % plan.stride != plan.offset:
+                raise saved.wrong("counter", f"an item this worker keeps (counter % {plan.stride} == "
+                                             f"{(plan.offset + 1) % plan.stride})")
+        check_field("read", saved.get("read"), self.read_ranges(),
+                    f" (the reads in epoch {epoch}'s shard order: is the checkpoint's epoch right?)")
+        if not done and self.index:
+            self._check_position(epoch)
+
+    def _check_position(self, epoch: int) -> None:
+        """The shard holds exactly ``ordinal`` items up to the checkpoint's ``index``, the last at ``index``."""
+        path = self.shards[self.plan.ranges[self.range][0]]
+        count = last = 0
+        items = self.source.items(path, 0)
+        try:
+            for position, _ in items:
+                if position > self.index:
+                    break
+                count, last = count + 1, position
+        except ShardFault:
+            return  # the shard cannot be read (now): the reading loop reports it as usual
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+        if last != self.index:
+            raise StateError(f"index: checkpoint has {self.index}, but {path} has no item there (its items "
+                             f"up to there end at {last}, in epoch {epoch}'s shard order); the checkpoint was modified "
+                             "or the shard changed")
+        if count != self.ordinal:
+            raise StateError(f"ordinal: checkpoint has {self.ordinal} items up to position {self.index} of "
+                             f"{path}, the shard has {count} (in epoch {epoch}'s shard order); the checkpoint was "
+                             "modified or the shard changed")
 
     def read_ranges(self) -> list[list[int | None]]:
         """The item ranges of the epoch's order consumed so far (whole ranges, then the current one)."""

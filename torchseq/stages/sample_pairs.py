@@ -18,7 +18,7 @@ from torchseq.errors import ConfigError, DataError
 from torchseq.protocol import Counters, Running
 from torchseq.records import Record
 from torchseq.rng import derive_seed
-from torchseq.state import State
+from torchseq.state import Saved, State
 
 _MASK = (1 << 64) - 1
 COUNTERS = ("records", "sets", "positives", "short_negatives", "swapped")
@@ -88,6 +88,9 @@ class SamplePairs:
         if self.num_negatives is not None and self.num_negatives < 0:
             raise ConfigError(f"sample_pairs: num_negatives must be >= 0 or None, got {self.num_negatives}")
 
+    def settings(self) -> dict[str, Any]:
+        return {"num_negatives": self.num_negatives, "swap": self.swap, "seed": self.seed}
+
     def open(self, upstream: Iterator[Record], ctx: Context, state: State) -> Running:
         return _Drawing(self, upstream, ctx.epoch, state)
 
@@ -131,8 +134,10 @@ class _Drawing(Running):
 
     def __init__(self, stage: SamplePairs, upstream: Iterator[Record], epoch: int, state: State) -> None:
         self.counts = dict.fromkeys(COUNTERS, 0)
-        for name, value in state.get("counters", {}).items():
-            self.counts[name.removeprefix("sample_pairs.")] = int(value)
+        if state:
+            saved = Saved(state).counts("counters", [f"sample_pairs.{name}" for name in COUNTERS])
+            for name, value in saved.items():
+                self.counts[name.removeprefix("sample_pairs.")] = value
         self.iterator = self._draw_all(stage, upstream, epoch)
 
     def counters(self) -> Counters:

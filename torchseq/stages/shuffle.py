@@ -9,8 +9,8 @@ from typing import Any
 from torchseq.context import Context
 from torchseq.errors import ConfigError
 from torchseq.protocol import Running
-from torchseq.rng import restore_rng, seeded_random
-from torchseq.state import SnapshotEncoder, State, decode_records
+from torchseq.rng import seeded_random
+from torchseq.state import Saved, SnapshotEncoder, State
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class BufferShuffle:
         if self.buffer_size < 1:
             raise ConfigError(f"shuffle: buffer_size must be >= 1, got {self.buffer_size}")
 
+    def settings(self) -> dict[str, Any]:
+        return {"buffer_size": self.buffer_size, "seed": self.seed}
+
     def open(self, upstream: Iterator[Any], ctx: Context, state: State) -> Running:
         return _Shuffling(self.buffer_size, upstream, ctx, self.seed, state)
 
@@ -40,9 +43,13 @@ class _Shuffling(Running):
 
     def __init__(self, size: int, upstream: Iterator[Any], ctx: Context, seed: int, state: State) -> None:
         self.rng = seeded_random("shuffle", seed, ctx.epoch, ctx.rank, ctx.worker)
-        if "rng" in state:
-            restore_rng(self.rng, state["rng"])
-        self.buffer: list[Any] = decode_records(state.get("buffer", []))
+        self.buffer: list[Any] = []
+        if state:
+            saved = Saved(state)
+            saved.rng("rng", self.rng)
+            self.buffer = saved.records("buffer")
+            if len(self.buffer) > size:
+                raise saved.wrong("buffer", f"at most buffer_size={size} records, not {len(self.buffer)}")
         self.encoder = SnapshotEncoder()
         self.iterator = self._shuffle(upstream, size)
 

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from torchseq.context import Context
-from torchseq.errors import ConfigError
+from torchseq.errors import ConfigError, StateError
 from torchseq.protocol import Running
 from torchseq.records import TEXT_FIELDS, Record
 from torchseq.stages.encoder import FastEncoder
-from torchseq.state import State, decode_records, encode_records
+from torchseq.stages.fingerprint import tokenizer_identity
+from torchseq.state import Saved, SnapshotEncoder, State, show
 
 Encoder = Callable[[list[str]], list[list[int]]]
 
@@ -108,6 +109,9 @@ class Tokenize:
 
     State: ``pending`` -- records pulled from upstream but not yet yielded,
     stored untokenized (they are re-tokenized on resume; nothing delivered is).
+    Settings checked on resume: the tokenizer's digest
+    (:func:`~torchseq.stages.fingerprint.tokenizer_identity`),
+    ``max_length``, ``fields``, ``pad_id``.
     """
 
     tokenizer: Any
@@ -127,6 +131,10 @@ class Tokenize:
 
     def resolved_pad_id(self) -> int:
         return load_encoder(self.tokenizer, self.max_length, self.pad_id)[1]
+
+    def settings(self) -> dict[str, Any]:
+        return {"tokenizer": tokenizer_identity(self.tokenizer), "max_length": self.max_length,
+                "fields": list(self.fields), "pad_id": self.pad_id}
 
     def open(self, upstream: Iterator[Record], ctx: Context, state: State) -> Running:
         return _Tokenizing(self, upstream, state)
@@ -158,15 +166,22 @@ class Tokenize:
 class _Tokenizing(Running):
     """State: the records of the current chunk not yet yielded (``chunk[position:]``)."""
 
-    __slots__ = ("chunk", "position")
+    __slots__ = ("chunk", "position", "encoder")
 
     def __init__(self, stage: Tokenize, upstream: Iterator[Record], state: State) -> None:
         self.chunk: list[Record] = []
         self.position = 0
-        self.iterator = self._tokenize(stage, upstream, decode_records(state.get("pending", [])))
+        self.encoder = SnapshotEncoder()
+        pending: list[Record] = []
+        if state:
+            pending = Saved(state).records("pending")
+            for index, record in enumerate(pending):
+                if type(record) is not dict:
+                    raise StateError(f"pending: record {index} is {show(record)}, pipeline needs a dict")
+        self.iterator = self._tokenize(stage, upstream, pending)
 
     def state_dict(self) -> State:
-        return {"pending": encode_records(_strip_tokens(r) for r in self.chunk[self.position :])}
+        return {"pending": self.encoder(_strip_tokens(r) for r in self.chunk[self.position :])}
 
     def _tokenize(self, stage: Tokenize, upstream: Iterator[Record], pending: list[Record]) -> Iterator[Record]:
         encode, _ = load_encoder(stage.tokenizer, stage.max_length, stage.pad_id)
