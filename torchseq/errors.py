@@ -81,7 +81,7 @@ class TooManyErrorsError(DataError):
 
 
 class ShardReadError(TorchseqError, OSError):
-    """The operating system failed to read a local shard (``EIO``, ``ESTALE``, ``EACCES``...).
+    """The operating system failed to read a local shard (``EIO`` from a disk, ``ESTALE`` from an NFS mount...).
 
     The storage failed, not necessarily the shard's content: reading it again may succeed.
     """

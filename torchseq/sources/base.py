@@ -85,7 +85,7 @@ def lost_rest(shard: str, place: str, what: str, exc: BaseException, before: str
     """The fault of a shard unreadable past ``place``: ``before`` (e.g. "the 3 line(s) before") were read.
 
     An ``OSError`` with an errno is the operating system failing to read (``EIO``
-    from a disk or an NFS mount, ``EACCES``): a :class:`ShardReadError`, not
+    from a disk, ``ESTALE`` from an NFS mount): a :class:`ShardReadError`, not
     corrupt content (decompressors raise errno-less ``OSError`` subclasses).
     """
     if isinstance(exc, OSError) and exc.errno is not None:
