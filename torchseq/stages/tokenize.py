@@ -79,6 +79,13 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def _not_ids(problem: str, texts: list[str]) -> ConfigError:
+    return ConfigError(
+        f"tokenize: the tokenizer returned {problem} for {len(texts)} texts; a callable must return "
+        "one list of token ids per text (for a transformers tokenizer, pass the tokenizer itself)"
+    )
+
+
 def checked_rows(rows: Any, texts: list[str], max_length: int) -> tuple[list[Any], int]:
     """A callable's output for ``texts``, rows cut to ``max_length``, and how many were cut.
 
@@ -86,21 +93,13 @@ def checked_rows(rows: Any, texts: list[str], max_length: int) -> tuple[list[Any
         ConfigError: not one sequence of ids per text (a dict such as a
             ``BatchEncoding``, a string, fewer or more rows).
     """
-    problem = None
     if not isinstance(rows, (list, tuple)) or len(rows) != len(texts):
-        problem = _describe(rows)
-    else:
-        bad = next((r for r in rows if isinstance(r, (str, bytes, Mapping)) or not hasattr(r, "__len__")), None)
-        if bad is not None:
-            problem = f"a row of type {type(bad).__name__}"
-    if problem is not None:
-        raise ConfigError(
-            f"tokenize: the tokenizer returned {problem} for {len(texts)} texts; a callable must return "
-            "one list of token ids per text (for a transformers tokenizer, pass the tokenizer itself)"
-        )
+        raise _not_ids(_describe(rows), texts)
     out = list(rows)
     cut = 0
     for i, row in enumerate(out):
+        if type(row) is not list and (isinstance(row, (str, bytes, Mapping)) or not hasattr(row, "__len__")):
+            raise _not_ids(f"a row of type {type(row).__name__}", texts)
         if len(row) > max_length:
             out[i] = row[:max_length]
             cut += 1
