@@ -290,6 +290,20 @@ def test_resuming_at_the_same_epoch_does_not_warn(make_shards: Callable[..., lis
     assert sorted(head + rest) == list(range(60))
 
 
+def test_a_pass_after_a_resumed_one_at_the_same_epoch_warns(make_shards: Callable[..., list[str]]) -> None:
+    # A new process resumes epoch 0 (no warning), then runs epoch 0 again: the resumed order repeats.
+    paths = make_shards([30, 30])
+    first = shuffled(paths)
+    iterator = iter(first)
+    head = [anchor_index(next(iterator)["anchor"]) for _ in range(10)]
+    pipe = shuffled(paths)
+    pipe.load_state_dict(first.state_dict())
+    rest = anchors(pipe)
+    with pytest.warns(ts.RepeatedEpochWarning, match="iterated again at epoch 0"):
+        again = anchors(pipe)
+    assert again == head + rest
+
+
 def test_the_epoch_loader_sets_the_epoch_itself(make_shards: Callable[..., list[str]]) -> None:
     from torchseq.lightning import EpochLoader
 

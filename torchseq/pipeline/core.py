@@ -288,8 +288,8 @@ class Pipeline(IterableDataset[Any]):
     def __iter__(self) -> Iterator[Any]:
         loading.refuse_rebatching(self, sys._getframe(1))
         ctx = self.context()
-        if ctx.worker == 0 and self._resume is None:  # one process per rank notes each pass
-            loading.note_pass(self._shared, self._source, self._stages, ctx.epoch)
+        if ctx.worker == 0:  # one process per rank notes each pass
+            loading.note_pass(self._shared, self._source, self._stages, ctx.epoch, resumed=self._resume is not None)
         return self.iterate(ctx)
 
     def iterate(self, ctx: Context) -> Iterator[Any]:

@@ -78,10 +78,14 @@ def refuse_rebatching(dataset: Description, caller: FrameType | None) -> None:
         )
 
 
-def note_pass(shared: SharedCell, source: Any, stages: Sequence[Any], epoch: int) -> None:
-    """A pass starts at ``epoch``: warn, once per pipeline, if it repeats the previous pass."""
+def note_pass(shared: SharedCell, source: Any, stages: Sequence[Any], epoch: int, resumed: bool) -> None:
+    """A pass starts at ``epoch``: warn, once per pipeline, if it repeats the previous pass.
+
+    A ``resumed`` pass continues an interrupted one (it never warns), but a pass after it at the
+    same epoch repeats it.
+    """
     seeded = epoch_seeded(source, stages)
-    if seeded and shared.start_pass(epoch):
+    if seeded and shared.start_pass(epoch, resumed):
         warnings.warn(
             f"the pipeline was iterated again at epoch {epoch} with no set_epoch() since the previous "
             f"pass, so this pass repeats its order ({', '.join(seeded)}) exactly: call "

@@ -64,10 +64,10 @@ class SharedCell:
         shared.epoch[0] = epoch
         shared.passes[STARTED] = -1  # set on purpose: the next pass is not a forgotten repeat
 
-    def start_pass(self, epoch: int) -> bool:
-        """Note that a pass starts at ``epoch``; true the first time one repeats the previous pass's epoch."""
+    def start_pass(self, epoch: int, resumed: bool) -> bool:
+        """Note a pass starting at ``epoch``; true the first time a fresh (not ``resumed``) one repeats the last."""
         passes = self.get().passes
-        repeated = int(passes[STARTED]) == epoch and not int(passes[WARNED])
+        repeated = not resumed and int(passes[STARTED]) == epoch and not int(passes[WARNED])
         if repeated:
             passes[WARNED] = 1
         passes[STARTED] = epoch
