@@ -80,6 +80,15 @@ class TooManyErrorsError(DataError):
     reason = "too many errors"
 
 
+class ShardReadError(TorchseqError, OSError):
+    """The operating system failed to read a local shard (``EIO`` from a disk, ``ESTALE`` from an NFS mount...).
+
+    The storage failed, not necessarily the shard's content: reading it again may succeed.
+    """
+
+    reason = "read error"
+
+
 class ShardNotFoundError(TorchseqError, FileNotFoundError):
     """A shard named by the spec does not exist."""
 
@@ -116,6 +125,10 @@ class BalanceWarning(UserWarning):
 
 class RecordLevelSplitWarning(UserWarning):
     """Fewer shards than global workers: work is split per record."""
+
+
+class RepeatedEpochWarning(UserWarning):
+    """A shuffled pipeline was iterated again at the same epoch: its order repeats (``set_epoch`` forgotten)."""
 
 
 class StatsWarning(UserWarning):
@@ -162,9 +175,16 @@ class SkippedInput(NamedTuple):
     message: str
 
 
-#: ``max_error_rate`` is judged only after this many inputs (or at the end of a
-#: run): one bad line among the first three must not stop a healthy corpus.
+#: ``max_error_rate`` is judged only once this many inputs were seen (during the
+#: run and at its end): one bad line among the first three, or a DataLoader
+#: worker that reads a small file with a few bad lines, must not stop a healthy
+#: corpus. Below it, ``max_errors`` alone bounds what is skipped.
 RATE_MIN_INPUTS = 1000
+
+#: The reader defaults (``read_jsonl(..., max_errors=, max_error_rate=)``): a run that is
+#: mostly garbage stops; ``None`` turns a limit off.
+DEFAULT_MAX_ERRORS = 1000
+DEFAULT_MAX_ERROR_RATE = 0.01
 
 
 class ErrorPolicy:
@@ -177,9 +197,11 @@ class ErrorPolicy:
     Tolerance (per reading process, i.e. per DataLoader worker and rank):
     ``max_errors`` stops the run when more than that many inputs were
     skipped; ``max_error_rate`` stops it when the skipped fraction of inputs
-    exceeds it -- judged once :data:`RATE_MIN_INPUTS` inputs were seen, and
-    at the end of the run whatever the count. Both raise
-    :class:`TooManyErrorsError`, whatever ``on_error`` says.
+    exceeds it -- judged once :data:`RATE_MIN_INPUTS` inputs were seen, at
+    each skip and at the end of the run. Both raise
+    :class:`TooManyErrorsError`, whatever ``on_error`` says. ``None`` turns a
+    limit off; the readers default to :data:`DEFAULT_MAX_ERRORS` and
+    :data:`DEFAULT_MAX_ERROR_RATE`.
     """
 
     __slots__ = ("mode", "counts", "errors", "max_kept", "max_errors", "max_error_rate")
@@ -187,8 +209,8 @@ class ErrorPolicy:
     def __init__(
         self,
         mode: OnError,
-        max_errors: int | None = None,
-        max_error_rate: float | None = None,
+        max_errors: int | None = DEFAULT_MAX_ERRORS,
+        max_error_rate: float | None = DEFAULT_MAX_ERROR_RATE,
         max_kept: int = 1000,
     ) -> None:
         self.mode = mode
@@ -215,8 +237,8 @@ class ErrorPolicy:
             self._check_rate(place, inputs)
 
     def finish(self, place: str, inputs: int) -> None:
-        """End of the run: apply ``max_error_rate`` whatever the number of inputs."""
-        if inputs:
+        """End of the run: apply ``max_error_rate`` (skips seen early may outweigh the inputs after them)."""
+        if inputs >= RATE_MIN_INPUTS:
             self._check_rate(place, inputs)
 
     def _check_rate(self, place: str, inputs: int) -> None:
@@ -230,7 +252,7 @@ class ErrorPolicy:
         return TooManyErrorsError(
             f"{place}: too much bad input: {self.num_skipped} skipped of {inputs} read in this "
             f"worker ({limit}); most common: {common}. The data looks broken: check it with "
-            "`torchseq inspect`, fix it, or raise max_errors / max_error_rate"
+            "`torchseq inspect`, fix it, or raise max_errors / max_error_rate (None: no limit)"
         )
 
     @property

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,3 +98,94 @@ def test_fork_safe_without_warning_flood(subprocess_env: dict[str, str]) -> None
     assert result.stdout.strip() == "4000"
     assert "TOKENIZERS_PARALLELISM" not in result.stderr and "just got forked" not in result.stderr
 
+
+
+# --------------------------------------------------------------- max_length for every kind
+def long_ids(texts: list[str]) -> list[list[int]]:
+    """A callable that ignores max_length: 197 ids per text (like an untruncated HF call)."""
+    return [[5] * 197 for _ in texts]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_callable_is_cut_to_max_length_and_the_cuts_are_counted(
+    sample_files: list[str], num_workers: int
+) -> None:
+    pipe = ts.read_jsonl(sample_files[:1]).tokenize(long_ids, max_length=32).batch(50)
+    records = [r for batch in DataLoader(pipe, batch_size=None, num_workers=num_workers) for r in batch]
+    assert len(records) == 1000
+    assert {len(r["tokens"][f]) for r in records for f in ("anchor", "positive")} == {32}
+    assert pipe.stats().counters["tokenize.truncated"] == 2000  # anchor and positive of each record
+
+
+def test_a_callable_within_max_length_is_left_alone(sample_files: list[str]) -> None:
+    pipe = ts.read_jsonl(sample_files[:1]).tokenize(char_codes, max_length=32)
+    records = list(pipe)
+    assert [r["tokens"]["anchor"] for r in records] == char_codes([r["anchor"] for r in records])
+    assert pipe.stats().counters["tokenize.truncated"] == 0
+
+
+@pytest.mark.parametrize(
+    ("fn", "returned"),
+    [(lambda texts: [[1]] * (len(texts) - 1), r"a list of 1 rows"),
+     (lambda texts: {"input_ids": [[1] for _ in texts]}, r"a dict"),
+     (lambda texts: ["ids" for _ in texts], r"a row of type str")],
+)
+def test_a_callable_that_returns_something_else_is_refused(
+    tmp_path: Any, fn: Callable[[list[str]], Any], returned: str
+) -> None:
+    from tests.conftest import write_jsonl
+
+    path = write_jsonl(tmp_path / "two.jsonl", [["a b", "c"], ["d", "e f"]])
+    with pytest.raises(ts.ConfigError, match=rf"tokenize: the tokenizer returned {returned} for 2 texts; "
+                                             r"a callable must return one list of token ids per text"):
+        list(ts.read_jsonl(path).tokenize(fn))
+
+
+# --------------------------------------------------------------- slow transformers tokenizers
+def slow_bert(vocab_file: str, **kwargs: Any) -> Any:
+    """A pure-Python BERT tokenizer (``BertTokenizerLegacy`` in transformers 5, ``BertTokenizer`` before)."""
+    import transformers
+
+    cls = getattr(transformers, "BertTokenizerLegacy", None) or transformers.BertTokenizer
+    tokenizer = cls(vocab_file=vocab_file, **kwargs)
+    assert not tokenizer.is_fast
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def vocab_file(tokenizer_file: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The vocabulary of ``tokenizer_file`` as a ``vocab.txt`` (no download)."""
+    vocab = json.loads(Path(tokenizer_file).read_text())["model"]["vocab"]
+    path = tmp_path_factory.mktemp("slow") / "vocab.txt"
+    path.write_text("".join(f"{token}\n" for token, _ in sorted(vocab.items(), key=lambda kv: kv[1])))
+    return str(path)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_slow_transformers_tokenizer_gives_the_fast_ids(
+    sample_files: list[str], tokenizer_file: str, vocab_file: str, num_workers: int
+) -> None:
+    def head(spec: Any) -> list[dict[str, Any]]:
+        pipe = ts.read_jsonl(sample_files[:1]).tokenize(spec, max_length=32).batch(50)
+        loader = DataLoader(pipe, batch_size=None, num_workers=num_workers)
+        return [r for batch in itertools.islice(loader, 6) for r in batch]
+
+    slow, fast = head(slow_bert(vocab_file)), head(tokenizer_file)
+    assert len(slow) == 300
+    assert [r["tokens"] for r in slow] == [r["tokens"] for r in fast]
+    assert max(len(r["tokens"]["positive"]) for r in slow) == 32
+
+
+def test_a_slow_transformers_tokenizer_pads_with_its_pad_id(
+    tmp_path: Any, vocab_file: str
+) -> None:
+    from tests.conftest import write_jsonl
+
+    # The same vocabulary, padding with [MASK] (id 4), so the pad id cannot be a default.
+    tokenizer = slow_bert(vocab_file, pad_token="[MASK]")
+    path = write_jsonl(tmp_path / "two.jsonl", [["short", "a positive"], ["a much longer anchor text", "p"]])
+    (batch,) = ts.read_jsonl(path).tokenize(tokenizer, max_length=16).batch(2).collate()
+    expected = tokenizer(["short", "a much longer anchor text"], truncation=True, max_length=16)["input_ids"]
+    ids, mask = batch["anchor"]["input_ids"], batch["anchor"]["attention_mask"]
+    assert [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True)] == expected
+    assert ids[0][~mask[0].bool()].tolist() == [4] * (len(expected[1]) - len(expected[0]))

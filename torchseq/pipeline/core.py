@@ -9,6 +9,7 @@ worker, epoch, seed) and hands it to a :class:`~torchseq.pipeline.run.Run`.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch.utils.data import IterableDataset
 from torchseq.batching import Batch, BucketBatch, Collate, TokenBudgetBatch, Unique, as_unique
 from torchseq.context import Context, Topology
 from torchseq.errors import ConfigError
-from torchseq.pipeline import checkpoint
+from torchseq.pipeline import checkpoint, loading
 from torchseq.pipeline.placement import current_context, distributed_topology
 from torchseq.pipeline.planning import batches_per_rank, epoch_plan
 from torchseq.pipeline.run import Run
@@ -271,7 +272,10 @@ class Pipeline(IterableDataset[Any]):
         return self._shared.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch for the next iteration (call in the main process, before ``iter(loader)``)."""
+        """Set the epoch for the next iteration (call in the main process, before ``iter(loader)``).
+
+        A seeded pipeline iterated again without it repeats its order: it warns once (``RepeatedEpochWarning``).
+        """
         if epoch < 0:
             raise ConfigError(f"epoch must be >= 0, got {epoch}")
         self._shared.set_epoch(epoch)
@@ -282,7 +286,11 @@ class Pipeline(IterableDataset[Any]):
         return current_context(self._topology, self.epoch, self._seed)
 
     def __iter__(self) -> Iterator[Any]:
-        return self.iterate(self.context())
+        loading.refuse_rebatching(self, sys._getframe(1))
+        ctx = self.context()
+        if ctx.worker == 0:  # one process per rank notes each pass
+            loading.note_pass(self._shared, self._source, self._stages, ctx.epoch, resumed=self._resume is not None)
+        return self.iterate(ctx)
 
     def iterate(self, ctx: Context) -> Iterator[Any]:
         """Run as the worker ``ctx`` describes (tests and simulations; ``iter`` uses :meth:`context`)."""
@@ -324,6 +332,7 @@ class Pipeline(IterableDataset[Any]):
             TypeError: the number cannot be known (``DataLoader``, Lightning
                 and tqdm treat this as "no length").
         """
+        loading.refuse_rebatching(self, sys._getframe(1))
         return batches_per_rank(self._source, self._stages, self._balance, self.context())
 
     def __bool__(self) -> bool:

@@ -39,7 +39,7 @@ class StepGuard(Running):
     present only once repeating has begun).
     """
 
-    __slots__ = ("target", "yielded", "replayed", "replays", "where")
+    __slots__ = ("target", "yielded", "replayed", "replays", "last_pass", "where")
 
     def __init__(self, upstream: Iterator[Any], target: int, state: State, restart: Restart, where: str) -> None:
         self.target = target
@@ -47,6 +47,7 @@ class StepGuard(Running):
         self.yielded = int(state.get("yielded", 0))
         self.replayed: int | None = int(state["replayed"]) if "replayed" in state else None
         self.replays: list[Running] = []
+        self.last_pass: list[Running] = []  # the chain of the latest replayed pass
         self.iterator = self._steps(upstream, restart)
 
     def state_dict(self) -> State:
@@ -95,7 +96,7 @@ class StepGuard(Running):
             raise DataError(
                 f"{where}: the pipeline yielded none of the {target} batches planned, so there "
                 "is nothing to repeat; under DDP every rank must yield the same number of "
-                "batches (did a filter remove all of this worker's records?)"
+                f"batches: {self._why_empty()}"
             )
         warnings.warn(
             f"{where}: the pipeline had {produced} of the {target} batches planned; repeated "
@@ -105,11 +106,32 @@ class StepGuard(Running):
             stacklevel=2,
         )
 
+    def _why_empty(self) -> str:
+        """What the last (empty) pass of this worker's epoch read, as the reason it yielded nothing."""
+        counted: Counters = {}
+        for running in self.last_pass:
+            merge(counted, running.counters())
+        records, skipped = int(counted.get("records", 0)), counted.get("skipped") or {}
+        num_skipped = sum(skipped.values())
+        if num_skipped and not records:
+            reasons = ", ".join(f"{reason} ({n})" for reason, n in sorted(skipped.items(), key=lambda kv: -kv[1]))
+            return (
+                f"all {num_skipped} of this worker's inputs were skipped by the error policy ({reasons}); "
+                "fix or replace the bad shards (`torchseq inspect` lists what is skipped, with places)"
+            )
+        if records:
+            return (
+                f"this worker read {records} records and a stage (a filter?) removed all of them; "
+                "every rank must keep some records (filter the data before it is sharded instead)"
+            )
+        return "this worker's share of the epoch holds no records"
+
     def _endless(self, restart: Restart) -> Iterator[Any]:
         """This worker's epoch again and again; stops if a pass is empty."""
         while True:
             chain = restart()
             self.replays.extend(chain)
+            self.last_pass = chain
             empty = True
             for item in chain[-1]:
                 empty = False

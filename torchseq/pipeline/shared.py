@@ -1,6 +1,6 @@
-"""What a pipeline shares with its DataLoader workers: the epoch and the stats table.
+"""What a pipeline shares with its DataLoader workers: the epoch, its pass marks and the stats table.
 
-Both live in shared memory, allocated in the main process, so that forked
+All live in shared memory, allocated in the main process, so that forked
 and spawned workers -- persistent or not -- see the epoch the main process
 sets and write counters the main process reads. They are allocated once per
 pipeline that is actually iterated (not for every intermediate pipeline a
@@ -19,14 +19,19 @@ import torch
 
 from torchseq.pipeline.stats import StatsTable
 
+#: ``Shared.passes``: the epoch the latest pass started at (``-1``: none since the last
+#: ``set_epoch``), and whether the repeated-epoch warning was given.
+STARTED, WARNED = 0, 1
+
 
 class Shared:
-    """One pipeline's epoch (one int64) and stats table, in shared memory."""
+    """One pipeline's epoch (one int64), its pass marks and stats table, in shared memory."""
 
-    __slots__ = ("epoch", "stats")
+    __slots__ = ("epoch", "passes", "stats")
 
     def __init__(self, epoch: int) -> None:
         self.epoch = torch.full((1,), epoch, dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
+        self.passes = torch.tensor([-1, 0], dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
         self.stats = StatsTable()
 
 
@@ -55,7 +60,18 @@ class SharedCell:
         return int(self._shared.epoch[0]) if self._shared is not None else self._epoch
 
     def set_epoch(self, epoch: int) -> None:
-        self.get().epoch[0] = epoch
+        shared = self.get()
+        shared.epoch[0] = epoch
+        shared.passes[STARTED] = -1  # set on purpose: the next pass is not a forgotten repeat
+
+    def start_pass(self, epoch: int, resumed: bool) -> bool:
+        """Note a pass starting at ``epoch``; true the first time a fresh (not ``resumed``) one repeats the last."""
+        passes = self.get().passes
+        repeated = not resumed and int(passes[STARTED]) == epoch and not int(passes[WARNED])
+        if repeated:
+            passes[WARNED] = 1
+        passes[STARTED] = epoch
+        return repeated
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled for a spawned worker: the worker must share the main process's memory.

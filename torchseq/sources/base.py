@@ -23,6 +23,7 @@ exact.
 
 from __future__ import annotations
 
+import errno
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -30,7 +31,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from torchseq.context import Context
-from torchseq.errors import CorruptShardError, ErrorPolicy, StateError, TorchseqError, data_error, located
+from torchseq.errors import (
+    CorruptShardError,
+    ErrorPolicy,
+    ShardReadError,
+    StateError,
+    TorchseqError,
+    data_error,
+    located,
+)
 from torchseq.plan import WorkerPlan, assign_shards, check_plan_shards
 from torchseq.protocol import Counters, Running
 from torchseq.records import Record, RecordFormatError
@@ -82,7 +91,19 @@ class ShardFault(Exception):
 
 
 def lost_rest(shard: str, place: str, what: str, exc: BaseException, before: str) -> ShardFault:
-    """The fault of a shard unreadable past ``place``: ``before`` (e.g. "the 3 line(s) before") were read."""
+    """The fault of a shard unreadable past ``place``: ``before`` (e.g. "the 3 line(s) before") were read.
+
+    An ``OSError`` with an errno is the operating system failing to read (``EIO``
+    from a disk, ``ESTALE`` from an NFS mount): a :class:`ShardReadError`, not
+    corrupt content (decompressors raise errno-less ``OSError`` subclasses).
+    """
+    if isinstance(exc, OSError) and exc.errno is not None:
+        code = errno.errorcode.get(exc.errno, str(exc.errno))
+        return ShardFault(located(
+            ShardReadError, place,
+            f"read error ({code}: {exc.strerror}); {before} were read, the rest of the shard is lost: "
+            "the storage failed, not necessarily the shard: check the disk or mount and read it again",
+        ), shard)
     return ShardFault(located(
         CorruptShardError, place,
         f"{what} ({type(exc).__name__}: {exc}); {before} were read, the rest of the shard is lost: "

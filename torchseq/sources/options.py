@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchseq.errors import ConfigError, OnError, check_on_error, check_tolerance
+from torchseq.errors import (
+    DEFAULT_MAX_ERROR_RATE,
+    DEFAULT_MAX_ERRORS,
+    ConfigError,
+    OnError,
+    check_on_error,
+    check_tolerance,
+)
 from torchseq.records import check_fields
 from torchseq.sources.fs import ShardOpener
 from torchseq.sources.remote import RetryPolicy
@@ -26,9 +33,11 @@ class ReaderOptions:
             skipped inputs are counted by reason in ``Pipeline.stats()``.
         max_record_bytes: a longer line (or tar sample, all members together)
             is bad input, and is never read into memory whole.
-        max_errors: with skip/warn, stop when a worker skipped more inputs than this.
+        max_errors: with skip/warn, stop when a worker skipped more inputs than
+            this (default 1,000; ``None``: no limit).
         max_error_rate: with skip/warn, stop when a worker skipped more than this
-            fraction of its inputs (judged after 1,000 inputs and at the end).
+            fraction of its inputs (default 0.01; ``None``: no limit), judged once
+            it has seen 1,000 inputs.
         storage_options: passed to ``fsspec.filesystem(protocol, **storage_options)``
             for URLs, e.g. ``{"endpoint_url": ..., "key": ..., "secret": ...}`` for S3.
         retry: how remote reads retry transient faults (:class:`~torchseq.RetryPolicy`).
@@ -42,8 +51,8 @@ class ReaderOptions:
     fields: Mapping[str, str] | None = None
     on_error: OnError = "raise"
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
-    max_errors: int | None = None
-    max_error_rate: float | None = None
+    max_errors: int | None = DEFAULT_MAX_ERRORS
+    max_error_rate: float | None = DEFAULT_MAX_ERROR_RATE
     storage_options: Mapping[str, Any] | None = field(default=None, repr=False)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     allow_pipe: bool = False

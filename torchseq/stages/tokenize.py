@@ -1,8 +1,8 @@
 """Tokenization inside the DataLoader workers.
 
 The tokenizer is described by something picklable (a ``tokenizer.json`` path,
-a ``tokenizers.Tokenizer``, a ``transformers`` fast tokenizer, or a callable)
-and built once per process. The pipeline builds it when ``tokenize()`` is
+a ``tokenizers.Tokenizer``, a ``transformers`` tokenizer, fast or slow, or a
+callable) and built once per process. The pipeline builds it when ``tokenize()`` is
 called, in the main process, which also checks the tokenizer early; forked
 DataLoader workers inherit that build instead of loading the tokenizer again
 at every epoch (spawned workers build their own the first time they need it).
@@ -11,18 +11,26 @@ Rust-side parallelism of ``tokenizers`` is turned off (``TOKENIZERS_PARALLELISM
 =false``, unless the user set the variable) before the first encode: the
 parallel unit here is the DataLoader worker, and a thread pool used before a
 fork is what makes ``tokenizers`` warn (or hang) in every forked worker.
+
+``max_length`` holds for every kind. Fast tokenizers truncate themselves (the
+post-processor's special tokens kept); a slow ``transformers`` tokenizer is
+called with ``truncation=True, max_length=``. A callable is not trusted: its
+output is checked (one sequence of ids per text), and a row longer than
+``max_length`` is cut to its first ``max_length`` ids -- counted as
+``tokenize.truncated`` in ``Pipeline.stats().counters``; a callable that wants
+an end token kept must truncate itself.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torchseq.context import Context
 from torchseq.errors import ConfigError, StateError
-from torchseq.protocol import Running
+from torchseq.protocol import Counters, Running
 from torchseq.records import TEXT_FIELDS, Record
 from torchseq.stages.encoder import FastEncoder
 from torchseq.stages.fingerprint import tokenizer_identity
@@ -41,6 +49,62 @@ def _lazy_tokenizers() -> Any:
 
 def _is_transformers_fast(obj: Any) -> bool:
     return hasattr(obj, "backend_tokenizer") and hasattr(obj, "pad_token_id")
+
+
+def _is_transformers(obj: Any) -> bool:
+    """A ``transformers`` tokenizer of any kind (a slow one has no ``backend_tokenizer``)."""
+    return hasattr(obj, "pad_token_id") and hasattr(obj, "model_max_length") and callable(obj)
+
+
+class TransformersEncoder:
+    """A slow (pure-Python) ``transformers`` tokenizer, through its own ``__call__`` with truncation.
+
+    The ids are what ``tokenizer(texts, truncation=True, max_length=max_length)``
+    gives -- those of the fast tokenizer on the same vocabulary.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length,
+                                 return_attention_mask=False, return_token_type_ids=False)
+        ids: list[list[int]] = encoded["input_ids"]
+        return ids
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list):
+        return f"a list of {len(value)} rows"
+    return f"a {type(value).__name__}"
+
+
+def _not_ids(problem: str, texts: list[str]) -> ConfigError:
+    return ConfigError(
+        f"tokenize: the tokenizer returned {problem} for {len(texts)} texts; a callable must return "
+        "one list of token ids per text (for a transformers tokenizer, pass the tokenizer itself)"
+    )
+
+
+def checked_rows(rows: Any, texts: list[str], max_length: int) -> tuple[list[Any], int]:
+    """A callable's output for ``texts``, rows cut to ``max_length``, and how many were cut.
+
+    Raises:
+        ConfigError: not one sequence of ids per text (a dict such as a
+            ``BatchEncoding``, a string, fewer or more rows).
+    """
+    if not isinstance(rows, (list, tuple)) or len(rows) != len(texts):
+        raise _not_ids(_describe(rows), texts)
+    out = list(rows)
+    cut = 0
+    for i, row in enumerate(out):
+        if type(row) is not list and (isinstance(row, (str, bytes, Mapping)) or not hasattr(row, "__len__")):
+            raise _not_ids(f"a row of type {type(row).__name__}", texts)
+        if len(row) > max_length:
+            out[i] = row[:max_length]
+            cut += 1
+    return out, cut
 
 
 def _pad_id_of(tok: Any) -> int:
@@ -74,14 +138,23 @@ def _build(spec: Any, max_length: int, pad_id: int | None) -> tuple[Encoder, int
         tok = tokenizers.Tokenizer.from_str(spec.backend_tokenizer.to_str())
         if pad_id is None and spec.pad_token_id is not None:
             pad_id = int(spec.pad_token_id)
+    elif _is_transformers(spec):
+        if pad_id is None:
+            pad_id = int(spec.pad_token_id) if spec.pad_token_id is not None else 0
+        return TransformersEncoder(spec, max_length), pad_id
     elif callable(spec):
         return spec, (0 if pad_id is None else pad_id)
     else:
         raise ConfigError(
             "tokenize: expected a tokenizer.json path, a tokenizers.Tokenizer, a transformers "
-            f"fast tokenizer or a callable, got {type(spec).__name__}"
+            f"tokenizer or a callable, got {type(spec).__name__}"
         )
     return _rust_encoder(tok, max_length), (_pad_id_of(tok) if pad_id is None else pad_id)
+
+
+def truncates(encoder: Encoder) -> bool:
+    """Whether ``encoder`` keeps ``max_length`` itself (else its rows are checked and cut)."""
+    return isinstance(encoder, (FastEncoder, TransformersEncoder))
 
 
 def load_encoder(spec: Any, max_length: int, pad_id: int | None = None) -> tuple[Encoder, int]:
@@ -105,7 +178,9 @@ class Tokenize:
     """Add ``record["tokens"] = {field: ids}`` for the text fields, in chunks.
 
     ``ids`` are the tokenizer's own truncated encoding (special tokens
-    included, no padding). ``negatives`` becomes a list of id lists.
+    included, no padding). ``negatives`` becomes a list of id lists. A
+    callable's rows are checked and cut to ``max_length`` (counted as
+    ``tokenize.truncated``).
 
     State: ``pending`` -- records pulled from upstream but not yet yielded,
     stored untokenized (they are re-tokenized on resume; nothing delivered is).
@@ -140,6 +215,7 @@ class Tokenize:
         return _Tokenizing(self, upstream, state)
 
     def _encode_chunk(self, chunk: list[Record], encode: Encoder) -> list[Record]:
+        """The chunk's records with their tokens (``encode`` already checked and cut, if it must be)."""
         out = [dict(r) for r in chunk]
         for r in out:
             r["tokens"] = dict(r["tokens"]) if "tokens" in r else {}
@@ -164,13 +240,17 @@ class Tokenize:
 
 
 class _Tokenizing(Running):
-    """State: the records of the current chunk not yet yielded (``chunk[position:]``)."""
+    """State: the records of the current chunk not yet yielded (``chunk[position:]``).
 
-    __slots__ = ("chunk", "position", "encoder")
+    Counts ``tokenize.truncated`` (rows a callable returned longer than ``max_length``).
+    """
+
+    __slots__ = ("chunk", "position", "encoder", "truncated")
 
     def __init__(self, stage: Tokenize, upstream: Iterator[Record], state: State) -> None:
         self.chunk: list[Record] = []
         self.position = 0
+        self.truncated: int | None = None  # counted for callables only
         self.encoder = SnapshotEncoder()
         pending: list[Record] = []
         if state:
@@ -183,8 +263,24 @@ class _Tokenizing(Running):
     def state_dict(self) -> State:
         return {"pending": self.encoder(_strip_tokens(r) for r in self.chunk[self.position :])}
 
+    def counters(self) -> Counters:
+        return {} if self.truncated is None else {"tokenize.truncated": self.truncated}
+
+    def _checked(self, encode: Encoder, max_length: int) -> Encoder:
+        """``encode`` with its rows checked and cut to ``max_length``, counting the cuts."""
+        self.truncated = 0
+
+        def checked(texts: list[str]) -> list[list[int]]:
+            rows, cut = checked_rows(encode(texts), texts, max_length)
+            self.truncated = (self.truncated or 0) + cut
+            return rows
+
+        return checked
+
     def _tokenize(self, stage: Tokenize, upstream: Iterator[Record], pending: list[Record]) -> Iterator[Record]:
         encode, _ = load_encoder(stage.tokenizer, stage.max_length, stage.pad_id)
+        if not truncates(encode):
+            encode = self._checked(encode, stage.max_length)
         size = stage.chunk_size
         source = iter(upstream)
         carry = pending

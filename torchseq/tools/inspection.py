@@ -211,7 +211,9 @@ def inspect_corpus(
     specs = [spec] if isinstance(spec, str) else list(spec)
     paths = expand_spec(specs, storage_options)
     cls = reader_for(paths, reader)
-    source = cls.create(specs, fields=fields, on_error="skip", storage_options=storage_options)
+    # A report of what is bad, however much: no tolerance limits.
+    source = cls.create(specs, fields=fields, on_error="skip", max_errors=None, max_error_rate=None,
+                        storage_options=storage_options)
     report = CorpusReport(specs, "webdataset" if cls is WebDatasetSource else "jsonl",
                           num_shards=len(paths), max_length=max_length)
     encode = None
