@@ -26,6 +26,7 @@ from torchseq.sources.jsonl import OversizedLine
 from torchseq.sources.remote import filesystem_for
 from torchseq.sources.spec import expand_spec
 from torchseq.stages import load_encoder, tokenizer_spec
+from torchseq.tools.pretokenize import load_tokenizer
 from torchseq.tools.simulate import PaddingResult, simulate_padding
 
 PERCENTILES = (10, 50, 90, 99)
@@ -216,6 +217,8 @@ def inspect_corpus(
                           num_shards=len(paths), max_length=max_length)
     encode = None
     if tokenizer is not None:
+        if isinstance(tokenizer, (str, os.PathLike)):
+            load_tokenizer(tokenizer)  # an error naming the file, for a file that is no tokenizer
         encode = load_encoder(tokenizer_spec(tokenizer), UNTRUNCATED)[0]
         report.unit = "tokens"
         report.tokenizer = os.path.basename(tokenizer) if isinstance(tokenizer, str) else type(tokenizer).__name__
