@@ -35,16 +35,14 @@ class UsageError(Exception):
 
 
 def version() -> str:
-    """The installed distribution's version, else the imported package's."""
+    """The installed distribution's version (importlib.metadata)."""
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as installed
 
     try:
         return installed("torchseq")
     except PackageNotFoundError:
-        from torchseq import __version__
-
-        return __version__
+        return "(version unknown: torchseq is not installed, only on the import path)"
 
 
 def build_parser() -> argparse.ArgumentParser:
