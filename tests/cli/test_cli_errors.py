@@ -247,6 +247,27 @@ def test_inspect_bad_lines_among_good_ones_still_exit_0(tmp_path: Path, capsys: 
     assert "records:  1 valid, 1 skipped" in out
 
 
+def test_inspect_plot_into_a_missing_directory_fails_before_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plot = tmp_path / "nodir" / "lengths.png"
+    code, out, err = cli(["inspect", str(tmp_path / "never-read.jsonl"), "--plot", str(plot), "--no-progress"],
+                         capsys)
+    assert (code, out) == (1, "")
+    assert data_error(err, "inspect") == (
+        f"--plot {plot}: directory {plot.parent} not found; create it, or save the plot elsewhere")
+
+
+def test_inspect_plot_with_an_unknown_suffix_from_the_entry_point(
+    tmp_path: Path, subprocess_env: dict[str, str]
+) -> None:
+    good = write_jsonl(tmp_path / "good.jsonl", [pair(i) for i in range(5)])
+    done = run(["inspect", good, "--plot", str(tmp_path / "lengths.bmp"), "--no-progress"], subprocess_env)
+    assert done.returncode == 2 and done.stdout == "" and "matplotlib writes no .bmp images" in done.stderr
+    done = run(["inspect", good, "--plot", str(tmp_path / "lengths.svg"), "--no-progress"], subprocess_env)
+    assert done.returncode == 0 and (tmp_path / "lengths.svg").read_bytes().startswith(b"<?xml")
+
+
 def test_inspect_missing_path_from_the_entry_point(tmp_path: Path, subprocess_env: dict[str, str]) -> None:
     done = run(["inspect", str(tmp_path / "missing.jsonl"), "--no-progress"], subprocess_env)
     assert done.returncode == 1
@@ -270,6 +291,9 @@ def test_index_on_a_missing_file(tmp_path: Path, subprocess_env: dict[str, str])
     (["inspect", "a.jsonl", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got '0'"),
     (["inspect", "a.jsonl", "--plot", "lengths"],
      "--plot lengths: name the image file with its format's suffix, e.g. lengths.png"),
+    (["inspect", "a.jsonl", "--plot", "lengths.bmp"],
+     "--plot lengths.bmp: matplotlib writes no .bmp images; use one of .avif, .eps, .gif, .jpeg, .jpg, .pdf, "
+     ".pgf, .png, .ps, .raw, .rgba, .svg, .svgz, .tif, .tiff, .webp"),
     (["convert", "a.jsonl", "b.tar", "--records-per-shard", "0"],
      "argument --records-per-shard: must be an integer >= 1, got '0'"),
     (["convert", "a.jsonl", "b-%d-%d.tar"],

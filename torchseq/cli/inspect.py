@@ -41,10 +41,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from torchseq.cli import UsageError
-    from torchseq.tools.inspection import format_report, inspect_corpus, plot_lengths
+    from torchseq.errors import ConfigError, TorchseqError
+    from torchseq.tools.inspection import check_plot_name, format_report, inspect_corpus, plot_lengths
 
-    if args.plot and not os.path.splitext(args.plot)[1]:
-        raise UsageError(f"--plot {args.plot}: name the image file with its format's suffix, e.g. {args.plot}.png")
+    if args.plot:  # before the corpus is read, not after
+        try:
+            check_plot_name(args.plot)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        directory = os.path.dirname(args.plot)
+        if directory and not os.path.isdir(directory):
+            raise TorchseqError(f"--plot {args.plot}: directory {directory} not found; create it, "
+                                "or save the plot elsewhere")
     report = inspect_corpus(
         args.spec,
         tokenizer=args.tokenizer,
