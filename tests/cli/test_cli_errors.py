@@ -200,6 +200,20 @@ def test_a_failed_convert_leaves_no_temporary(tmp_path: Path, capsys: pytest.Cap
     assert listing(tmp_path / "out") == []
 
 
+def test_convert_removes_what_a_killed_convert_left(
+    source: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    out = tmp_path / "o" / "out[1].jsonl"  # glob characters in the name are taken literally
+    out.parent.mkdir()
+    (out.parent / f".out[1].jsonl.tmp-{dead}").write_bytes(b"half a shard")
+    (out.parent / f".out1.jsonl.tmp-{dead}").write_bytes(b"another output's")
+    code, _, err = cli(["convert", source, str(out), "--no-progress"], capsys)
+    assert (code, err) == (0, "")
+    assert listing(out.parent) == [f".out1.jsonl.tmp-{dead}", "out[1].jsonl"]
+
+
 # ------------------------------------------------------------------ inspect: nothing read
 def _unknown(tmp_path: Path) -> list[str]:
     path = tmp_path / "unknown.jsonl"

@@ -26,6 +26,7 @@ refused unless ``overwrite``.
 from __future__ import annotations
 
 import bz2
+import glob
 import gzip
 import importlib.util
 import io
@@ -152,7 +153,7 @@ class _Writer:
         self.count = 0
         self._last_key = ""
         kind, compression = check_output(path)
-        remove_stale(os.path.dirname(path), os.path.basename(path))
+        remove_stale(os.path.dirname(path), glob.escape(os.path.basename(path)))
         self.tmp, self._raw = open_temporary(path)
         self._stream = _compressor(self._raw, compression)
         self._tar: Any = None
