@@ -307,9 +307,11 @@ def test_temporaries_of_a_dead_run_are_removed_those_of_a_live_one_refused(
             (out / f".shard-00000.tar.tmp-{live.pid}").write_bytes(b"being written")
             capsys.readouterr()
             assert cli_main(_argv(source, tokenizer_file, out, "--overwrite")) == 1
+            temporary = out / f".shard-00000.tar.tmp-{live.pid}"
             assert capsys.readouterr().err == (
                 f"torchseq pretokenize: {out}: another pretokenize (process {live.pid}) is writing here; "
-                "wait for it to finish or stop it, or choose another directory\n"
+                f"wait for it to finish or stop it, or choose another directory (if process {live.pid} is no "
+                f"pretokenize, remove {temporary})\n"
             )
             assert (out / f".shard-00000.tar.tmp-{live.pid}").exists()
         finally:

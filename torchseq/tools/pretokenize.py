@@ -104,10 +104,12 @@ def prepare_output(out: str, overwrite: bool) -> bool:
         except OSError as exc:
             raise cannot_write(out, exc) from None
         return True
-    live = [pid for name in (SHARD_GLOB, MANIFEST_NAME) for _, pid in remove_stale(out, name)]
+    live = [found for name in (SHARD_GLOB, MANIFEST_NAME) for found in remove_stale(out, name)]
     if live:
-        raise ConfigError(f"{out}: another pretokenize (process {live[0]}) is writing here; wait for it "
-                          "to finish or stop it, or choose another directory")
+        path, pid = live[0]
+        raise ConfigError(f"{out}: another pretokenize (process {pid}) is writing here; wait for it to "
+                          f"finish or stop it, or choose another directory (if process {pid} is no "
+                          f"pretokenize, remove {path})")
     shards = glob.glob(os.path.join(glob.escape(out), SHARD_GLOB))
     if os.path.exists(os.path.join(out, MANIFEST_NAME)):
         try:
