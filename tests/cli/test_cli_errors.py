@@ -91,6 +91,20 @@ def test_version_from_the_entry_point(subprocess_env: dict[str, str]) -> None:
     assert done.returncode == 0 and done.stdout == f"torchseq {ts.__version__}\n"
 
 
+def test_the_exit_code_transcript_in_the_docs(subprocess_env: dict[str, str]) -> None:
+    """docs/cli.md's "Exit codes" example, run as one shell session from the repository root."""
+    repo = Path(__file__).resolve().parents[2]
+    section = (repo / "docs" / "cli.md").read_text().split("## Exit codes\n", 1)[1].split("\n## ", 1)[0]
+    transcript = section.split("\n```\n", 1)[1].split("\n```\n", 1)[0].splitlines()
+    commands = [line.removeprefix("$ ") for line in transcript if line.startswith("$ ")]
+    expected = [line for line in transcript if not line.startswith("$ ")]
+    assert len(commands) == 8 and all(c.startswith(("python -m torchseq ", "echo")) for c in commands)
+    script = "\n".join(c.replace("python ", f"{sys.executable} ", 1) for c in commands)
+    done = subprocess.run(["bash", "-c", script], cwd=repo, env={**subprocess_env, "COLUMNS": "80"},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert [line.rstrip() for line in done.stdout.splitlines()] == expected
+
+
 # ------------------------------------------------------------------ convert: output names
 @pytest.mark.parametrize("name", ["out.parquet", "out.txt", "out.json", "out", "out.gz", "out.bz2",
                                   "out.jsonl.lz4", "out.tar.lz4", "out.zip", "out.jsonl.gz.tmp"])

@@ -2,7 +2,7 @@
 
 :func:`pretokenize` reads pair shards (JSONL or WebDataset), tokenizes them
 with the same encoder as :meth:`Pipeline.tokenize` (so the ids are identical),
-and writes ``webdataset.ShardWriter`` shards whose samples hold one ``.npy``
+and writes WebDataset shards (``webdataset.TarWriter``) whose samples hold one ``.npy``
 member per text field::
 
     000000042.anchor.npy      uint16 ids (int32 when the vocabulary exceeds 65,536)
