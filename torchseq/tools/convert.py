@@ -36,7 +36,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -133,7 +133,7 @@ def _compressor(raw: IO[bytes], compression: str | None) -> IO[bytes]:
     if compression is None:
         return raw
     if compression == "gzip":  # no name, no time in the header: the same input gives the same bytes
-        return gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0)
+        return cast(IO[bytes], gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0))
     if compression == "bz2":
         return bz2.BZ2File(raw, "wb")
     if compression == "xz":
