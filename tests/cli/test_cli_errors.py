@@ -188,6 +188,17 @@ def test_convert_refuses_an_existing_directory_as_out(
     assert listing(tmp_path / "taken.jsonl") == ["keep"]
 
 
+def test_convert_refuses_a_pattern_whose_shard_name_is_a_directory(
+    source: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "o" / "x-00000.tar").mkdir(parents=True)
+    code, _, err = cli(["convert", source, str(tmp_path / "o" / "x-%05d.tar"), "--no-progress"], capsys)
+    assert code == 1
+    assert data_error(err, "convert") == (
+        f"{tmp_path}/o/x-00000.tar: an output shard's name is taken by a directory; remove it, or choose another OUT")
+    assert listing(tmp_path / "o") == ["x-00000.tar"]
+
+
 def test_convert_output_that_cannot_be_created(source: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a directory")
@@ -342,6 +353,19 @@ def test_arguments_out_of_range_are_usage_errors(
     assert code == 2 and out == ""
     assert usage_error(err, argv[0]) == says
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["inspect", "pretokenize"])
+def test_a_directory_given_as_the_tokenizer(command: str, source: str, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [command, source, "--tokenizer", str(tmp_path), "--no-progress"]
+    if command == "pretokenize":
+        argv += ["--max-length", "8", "--out", str(tmp_path / "out")]
+    code, _, err = cli(argv, capsys)
+    assert code == 1
+    assert data_error(err, command) == (
+        f"{tmp_path}: is a directory; give the tokenizer.json file, e.g. {tmp_path}/tokenizer.json")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("command", ["inspect", "pretokenize"])

@@ -207,6 +207,9 @@ def _output_names(out: str, count: int) -> list[str]:
 
 def _check_outputs(names: list[str], inputs: list[str], overwrite: bool) -> None:
     for name in dict.fromkeys(names):
+        if os.path.isdir(name):  # a name the pattern makes (OUT itself is checked first)
+            raise ConfigError(f"{name}: an output shard's name is taken by a directory; remove it, or "
+                              "choose another OUT")
         check_output(name)
         if os.path.abspath(name) in {os.path.abspath(p) for p in inputs}:
             raise ConfigError(f"{name}: output would overwrite an input shard")

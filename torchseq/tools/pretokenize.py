@@ -267,6 +267,9 @@ def load_tokenizer(tokenizer: str | os.PathLike[str]) -> Any:
     import tokenizers
 
     path = os.fspath(tokenizer)
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a directory; give the tokenizer.json file, e.g. "
+                          f"{os.path.join(path, 'tokenizer.json')}")
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: tokenizer file not found")
     try:
