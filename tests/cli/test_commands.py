@@ -103,9 +103,11 @@ def test_inspect_counts_bad_input_and_formats(tmp_path: Path, capsys: pytest.Cap
         json.dumps({"set": ["x", "y", "z"]}),
         json.dumps(["", "empty anchor"]),
     ]) + "\n")
-    code, out, _ = run_cli(["inspect", good, str(mixed), str(tmp_path / "gone.jsonl"), "--json",
-                            "--no-progress"], capsys)
-    assert code == 0
+    code, out, err = run_cli(["inspect", good, str(mixed), str(tmp_path / "gone.jsonl"), "--json",
+                              "--no-progress"], capsys)
+    # The whole report, then exit 1 for the shard that was not found (bad lines alone would be 0).
+    assert code == 1
+    assert err == f"torchseq inspect: 1 shard(s) not found: {tmp_path / 'gone.jsonl'}; check the paths\n"
     report = json.loads(out)
     assert report["records"] == 22 and report["unit"] == "characters"
     assert report["formats"] == {"list": 20, "query/pos/neg": 1, "set": 1}

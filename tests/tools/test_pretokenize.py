@@ -198,3 +198,154 @@ def test_npy_decoding_checks_every_member_against_its_cached_header() -> None:
             decode_npy(raw[:-1])
         with pytest.raises(RecordFormatError, match="header says"):
             decode_npy(raw + b"\0")
+
+
+# ------------------------------------------------------------------ failures leave nothing half-written
+def _argv(source: str, tokenizer_file: str, out: Path, *extra: str) -> list[str]:
+    return ["pretokenize", source, "--tokenizer", tokenizer_file, "--max-length", "16", "--out", str(out),
+            "--shard-size", "10", "--no-progress", *extra]
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def _pairs_file(path: Path, count: int, bad_at_end: bool = False) -> str:
+    from tests.conftest import pair
+
+    text = "".join(json.dumps(pair(i)) + "\n" for i in range(count))
+    path.write_text(text + ("{not json\n" if bad_at_end else ""))
+    return str(path)
+
+
+def test_a_failure_mid_way_leaves_nothing_and_a_rerun_works(
+    tmp_path: Path, tokenizer_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _pairs_file(tmp_path / "in.jsonl", 25, bad_at_end=True)  # 2 shards done, the 3rd begun
+    out = tmp_path / "out"
+    assert cli_main(_argv(source, tokenizer_file, out)) == 1
+    assert f"{source}:26: invalid JSON" in capsys.readouterr().err
+    assert not out.exists()  # made by the failed run, removed with its temporaries
+
+    _pairs_file(tmp_path / "in.jsonl", 25)
+    assert cli_main(_argv(source, tokenizer_file, out)) == 0
+    assert sorted(_snapshot(out)) == ["index.json", "shard-00000.tar", "shard-00001.tar", "shard-00002.tar"]
+    assert sum(1 for _ in ts.read_webdataset(str(out))) == 25
+
+
+def test_a_failure_in_a_directory_the_user_made_keeps_the_directory(
+    tmp_path: Path, tokenizer_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "README").write_text("mine")
+    source = _pairs_file(tmp_path / "in.jsonl", 25, bad_at_end=True)
+    assert cli_main(_argv(source, tokenizer_file, out)) == 1
+    assert _snapshot(out) == {"README": b"mine"}
+
+
+def test_existing_output_needs_overwrite_which_replaces_it_whole(
+    tmp_path: Path, tokenizer_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert cli_main(_argv(_pairs_file(tmp_path / "a.jsonl", 25), tokenizer_file, out)) == 0
+    first = _snapshot(out)
+    assert len(first) == 4
+    capsys.readouterr()
+
+    smaller = _pairs_file(tmp_path / "b.jsonl", 7)
+    assert cli_main(_argv(smaller, tokenizer_file, out)) == 1
+    assert capsys.readouterr().err == (
+        f"torchseq pretokenize: {out}: already holds pre-tokenized shards (index.json and 3 shard(s)); "
+        "pass --overwrite (overwrite=True) to replace them, or choose another directory\n"
+    )
+    assert _snapshot(out) == first
+
+    # A failing --overwrite run: the old output stays whole.
+    broken = _pairs_file(tmp_path / "c.jsonl", 15, bad_at_end=True)
+    assert cli_main(_argv(broken, tokenizer_file, out, "--overwrite")) == 1
+    assert _snapshot(out) == first
+
+    assert cli_main(_argv(smaller, tokenizer_file, out, "--overwrite")) == 0
+    assert sorted(_snapshot(out)) == ["index.json", "shard-00000.tar"]  # the old 2nd and 3rd shard are gone
+    assert [r["tokens"]["anchor"].tolist() for r in ts.read_webdataset(str(out))] == [
+        r["tokens"]["anchor"] for r in ts.read_jsonl(smaller).tokenize(tokenizer_file, 16)]
+
+
+def test_shards_without_an_index_are_an_interrupted_run(
+    tmp_path: Path, tokenizer_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    source = _pairs_file(tmp_path / "a.jsonl", 25)
+    assert cli_main(_argv(source, tokenizer_file, out)) == 0
+    (out / INDEX_NAME).unlink()  # as a run killed between its renames leaves it
+    capsys.readouterr()
+    assert cli_main(_argv(source, tokenizer_file, out)) == 1
+    assert "holds 3 shard-*.tar file(s) but no index.json, the output of an interrupted run; pass --overwrite" in (
+        capsys.readouterr().err)
+    assert cli_main(_argv(source, tokenizer_file, out, "--overwrite")) == 0
+    assert read_index(out)["num_records"] == 25  # type: ignore[index]
+
+
+def test_temporaries_of_a_dead_run_are_removed_those_of_a_live_one_refused(
+    tmp_path: Path, tokenizer_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    (out / f".shard-00000.tar.tmp-{dead.stdout.strip()}").write_bytes(b"half a shard")
+    source = _pairs_file(tmp_path / "a.jsonl", 5)
+    assert cli_main(_argv(source, tokenizer_file, out)) == 0
+    assert sorted(_snapshot(out)) == ["index.json", "shard-00000.tar"]
+
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as live:
+        try:
+            (out / f".shard-00000.tar.tmp-{live.pid}").write_bytes(b"being written")
+            capsys.readouterr()
+            assert cli_main(_argv(source, tokenizer_file, out, "--overwrite")) == 1
+            temporary = out / f".shard-00000.tar.tmp-{live.pid}"
+            assert capsys.readouterr().err == (
+                f"torchseq pretokenize: {out}: another pretokenize (process {live.pid}) is writing here; "
+                f"wait for it to finish or stop it, or choose another directory (if process {live.pid} is no "
+                f"pretokenize, remove {temporary})\n"
+            )
+            assert (out / f".shard-00000.tar.tmp-{live.pid}").exists()
+        finally:
+            live.kill()
+
+
+def test_an_index_json_that_is_not_ours_is_never_replaced(
+    tmp_path: Path, tokenizer_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / INDEX_NAME).write_text('{"format": "something else"}')
+    source = _pairs_file(tmp_path / "a.jsonl", 5)
+    assert cli_main(_argv(source, tokenizer_file, out, "--overwrite")) == 1
+    assert "not a torchseq pre-tokenized index" in capsys.readouterr().err
+    assert _snapshot(out) == {INDEX_NAME: b'{"format": "something else"}'}
+
+
+def test_out_that_is_a_file(tmp_path: Path, tokenizer_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    source = _pairs_file(tmp_path / "a.jsonl", 5)
+    assert cli_main(_argv(source, tokenizer_file, Path(source))) == 1
+    assert capsys.readouterr().err == (
+        f"torchseq pretokenize: {source}: is a file; --out names a directory for the shards and index.json\n"
+    )
+
+
+def test_reader_options_on_the_command_line(tmp_path: Path, tokenizer_file: str) -> None:
+    from tests.conftest import write_jsonl
+
+    rows = [{"question": f"question {i}", "answer": f"answer {i}"} for i in range(5)]
+    source = write_jsonl(tmp_path / "qa.data", rows)
+    out = tmp_path / "out"
+    assert cli_main(_argv(source, tokenizer_file, out, "--format", "jsonl",
+                          "--fields", "anchor=question,positive=answer")) == 0
+    expected = ts.read_jsonl(source, fields={"anchor": "question", "positive": "answer"}).tokenize(tokenizer_file, 16)
+    assert [r["tokens"]["positive"].tolist() for r in ts.read_webdataset(str(out))] == [
+        r["tokens"]["positive"] for r in expected]

@@ -8,6 +8,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from torchseq.cli.options import integer
+
 SUMMARY = "stream the bundled sample pairs and report throughput and padding"
 DESCRIPTION = (
     "Streams the bundled sample (4,000 real pairs, 4 shards) through "
@@ -17,10 +19,10 @@ DESCRIPTION = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers (default 2)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--num-workers", type=integer(0), default=2, help="DataLoader workers (default 2)")
+    parser.add_argument("--batch-size", type=integer(1), default=64)
+    parser.add_argument("--max-length", type=integer(1), default=128)
+    parser.add_argument("--epochs", type=integer(1), default=2)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from torchseq.cli.options import add_reader_options, reader_options
+from torchseq.cli.options import add_reader_options, integer, reader_options
 
 SUMMARY = "count the records of every shard and cache the counts (for len() and equal batches)"
 DESCRIPTION = (
@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                         help="a shard that cannot be read: stop (default) or count what is readable")
     parser.add_argument("--rebuild", action="store_true", help="count every shard again")
-    parser.add_argument("--world-size", type=int, help="ranks, to show each policy's epoch")
-    parser.add_argument("--batch-size", type=int, help="records per batch, with --world-size")
-    parser.add_argument("--epoch", type=int, default=0, help="epoch to show (only 'wrap' varies)")
+    parser.add_argument("--world-size", type=integer(1), help="ranks, to show each policy's epoch")
+    parser.add_argument("--batch-size", type=integer(1), help="records per batch, with --world-size")
+    parser.add_argument("--epoch", type=integer(0), default=0, help="epoch to show (only 'wrap' varies)")
     parser.add_argument("--quiet", action="store_true", help="no per-shard lines")
     add_reader_options(parser)
 
@@ -40,9 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from torchseq.sources import expand_spec, reader_for
     from torchseq.sources.index import index_paths, shard_counts
 
-    world_size, batch_size = args.world_size, args.batch_size
-    if (world_size is None) != (batch_size is None) or (world_size is not None and min(world_size, batch_size) < 1):
-        raise UsageError("--world-size and --batch-size go together, both >= 1")
+    if (args.world_size is None) != (args.batch_size is None):
+        raise UsageError("--world-size and --batch-size go together: give both, or neither")
     options = reader_options(args)
     reader, storage_options = options.pop("reader"), options["storage_options"]
     source = reader_for(expand_spec(args.spec, storage_options), reader).create(

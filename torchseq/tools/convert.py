@@ -4,38 +4,53 @@ Records are read with torchseq's own readers (every input format of
 :mod:`torchseq.records`; bad input raised or skipped per ``on_error``) and
 written normalised:
 
-* JSON Lines (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``): one JSON object per
-  line, ``{"anchor": ..., "positive": ..., "negatives"?: [...], ...extra}``;
-* WebDataset (``.tar``, ``.tar.gz``), written with ``webdataset.TarWriter``:
-  per sample ``KEY.json`` holding the same object, plus ``KEY.<field>.npy``
-  for pre-tokenized ids and ``KEY.<ext>`` for raw byte members.
+* JSON Lines (``.jsonl``, plain or ``.gz``, ``.zst``, ``.bz2``, ``.xz``): one
+  JSON object per line, ``{"anchor": ..., "positive": ..., "negatives"?: [...], ...extra}``;
+* WebDataset (``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.zst``, ``.tar.bz2``,
+  ``.tar.xz``), written with ``webdataset.TarWriter``: per sample ``KEY.json``
+  holding the same object, plus ``KEY.<field>.npy`` for pre-tokenized ids and
+  ``KEY.<ext>`` for raw byte members.
+
+These are exactly the names torchseq's readers read back (the tar names of
+:data:`~torchseq.sources.reader.TAR_SUFFIXES`, JSON Lines in every compression
+the readers undo); any other output suffix is refused before anything is read.
 
 Output names: a single path, or a pattern with a ``%``-format for the shard
 number (``out/train-%05d.tar``, as webdataset's ``ShardWriter``). With a
 pattern, each input shard becomes one output shard unless
 ``records_per_shard`` re-shards. Files are written under a temporary name and
-renamed when complete; existing outputs are refused unless ``overwrite``.
+renamed when complete (:mod:`torchseq.tools.output`); existing outputs are
+refused unless ``overwrite``.
 """
 
 from __future__ import annotations
 
+import bz2
+import glob
 import gzip
+import importlib.util
 import io
 import json
+import lzma
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
 from torchseq.context import Context
 from torchseq.errors import ConfigError, SkippedInput
 from torchseq.records import Record
-from torchseq.sources.reader import is_tar_name, reader_for
-from torchseq.sources.spec import expand_spec
+from torchseq.sources.fs import suffix_compression
+from torchseq.sources.reader import TAR_SUFFIXES, is_tar_name, reader_for
+from torchseq.sources.spec import expand_spec, is_url
 from torchseq.tools.inspection import short_message
+from torchseq.tools.output import open_temporary, remove_stale
+
+#: The JSON Lines names convert writes: plain, and in each compression the readers undo.
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.bz2", ".jsonl.xz")
 
 
 @dataclass
@@ -83,34 +98,69 @@ def _tar_sample(record: Record, key: str, report: ConvertReport) -> dict[str, An
     return sample
 
 
+def check_output(out: str) -> tuple[str, str | None]:
+    """What ``out`` (a file name or ``%``-pattern) asks for: ``(format, compression)``.
+
+    The format is ``"webdataset"`` or ``"jsonl"``, the compression ``"gzip"``,
+    ``"zstd"``, ``"bz2"``, ``"xz"`` or ``None``; both follow the suffix, as the
+    readers decide them.
+
+    Raises:
+        ConfigError: a directory, a URL, a suffix convert does not write, or a
+            pattern without one integer field.
+    """
+    if out.endswith(("/", os.sep)) or os.path.isdir(out):
+        base = out if out.endswith(("/", os.sep)) else out + "/"
+        raise ConfigError(
+            f"{out}: names a directory; OUT is an output file, or a pattern such as {base}train-%05d.tar"
+        )
+    if is_url(out):
+        raise ConfigError(f"{out}: convert writes local files only; write them locally, then upload them")
+    if not out.lower().endswith(JSONL_SUFFIXES + TAR_SUFFIXES):
+        raise ConfigError(
+            f"{out}: cannot write this format; convert writes JSON Lines ({', '.join(JSONL_SUFFIXES)}) "
+            f"or WebDataset tar ({', '.join(TAR_SUFFIXES)}), as OUT's suffix says"
+        )
+    _output_names(out, 1)
+    compression = suffix_compression(out)
+    if compression == "zstd" and importlib.util.find_spec("zstandard") is None:
+        raise ConfigError(f"{out}: writing zstd needs zstandard: pip install 'torchseq[zstd]'")
+    return ("webdataset" if is_tar_name(out) else "jsonl"), compression
+
+
+def _compressor(raw: IO[bytes], compression: str | None) -> IO[bytes]:
+    """A stream that compresses into ``raw`` and leaves it open when closed."""
+    if compression is None:
+        return raw
+    if compression == "gzip":  # no name, no time in the header: the same input gives the same bytes
+        return cast(IO[bytes], gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0))
+    if compression == "bz2":
+        return bz2.BZ2File(raw, "wb")
+    if compression == "xz":
+        return lzma.LZMAFile(raw, "wb")
+    import zstandard
+
+    writer: IO[bytes] = zstandard.ZstdCompressor().stream_writer(raw, closefd=False)
+    return writer
+
+
 class _Writer:
-    """One output shard, written to ``path + '.tmp'`` and renamed on success."""
+    """One output shard, written under a temporary name and renamed on success."""
 
     def __init__(self, path: str, report: ConvertReport) -> None:
         self.path = path
-        self.tmp = path + ".tmp"
         self.report = report
         self.count = 0
-        directory = os.path.dirname(path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        self._tar: Any = None
-        self._file: IO[bytes] | None = None
         self._last_key = ""
-        if is_tar_name(path):
+        kind, compression = check_output(path)
+        remove_stale(os.path.dirname(path), glob.escape(os.path.basename(path)))
+        self.tmp, self._raw = open_temporary(path)
+        self._stream = _compressor(self._raw, compression)
+        self._tar: Any = None
+        if kind == "webdataset":
             from webdataset import TarWriter
 
-            self._raw = open(self.tmp, "wb")
-            self._tar = TarWriter(self._raw, encoder=False, compress=path.endswith("gz"), mtime=0)
-        elif path.endswith(".gz"):
-            self._file = gzip.open(self.tmp, "wb", compresslevel=6)  # type: ignore[assignment]
-        elif path.endswith(".zst"):
-            import zstandard
-
-            self._raw = open(self.tmp, "wb")
-            self._file = zstandard.ZstdCompressor().stream_writer(self._raw)
-        else:
-            self._file = open(self.tmp, "wb")
+            self._tar = TarWriter(self._stream, encoder=False, compress=False, mtime=0)
 
     def write(self, record: Record) -> None:
         if self._tar is not None:
@@ -122,24 +172,21 @@ class _Writer:
             self._last_key = key
             self._tar.write(_tar_sample(record, key, self.report))
         else:
-            assert self._file is not None
             line = json.dumps(_json_safe(record, self.report), ensure_ascii=False).encode() + b"\n"
-            self._file.write(line)
+            self._stream.write(line)
         self.count += 1
 
     def close(self) -> None:
         if self._tar is not None:
-            self._tar.close()
-            self._raw.close()
-        elif self._file is not None:
-            self._file.close()
-            if hasattr(self, "_raw"):
-                self._raw.close()
+            self._tar.close()  # the end-of-archive blocks; leaves the stream open
+        if self._stream is not self._raw:
+            self._stream.close()  # the compressor's trailer; leaves the file open
+        self._raw.close()
         os.replace(self.tmp, self.path)
         self.report.outputs.append((self.path, self.count))
 
     def abort(self) -> None:
-        for handle in (self._tar, self._file, getattr(self, "_raw", None)):
+        for handle in (self._tar, self._stream, self._raw):
             try:
                 if handle is not None:
                     handle.close()
@@ -160,6 +207,10 @@ def _output_names(out: str, count: int) -> list[str]:
 
 def _check_outputs(names: list[str], inputs: list[str], overwrite: bool) -> None:
     for name in dict.fromkeys(names):
+        if os.path.isdir(name):  # a name the pattern makes (OUT itself is checked first)
+            raise ConfigError(f"{name}: an output shard's name is taken by a directory; remove it, or "
+                              "choose another OUT")
+        check_output(name)
         if os.path.abspath(name) in {os.path.abspath(p) for p in inputs}:
             raise ConfigError(f"{name}: output would overwrite an input shard")
         if os.path.exists(name) and not overwrite:
@@ -202,11 +253,14 @@ def convert(
     """Convert the shards of ``spec`` into ``out`` (see the module docs).
 
     Raises:
-        ConfigError: bad output name, existing outputs without ``overwrite``.
-        DataError: bad input under ``on_error="raise"`` (outputs written so far stay).
+        ConfigError: a bad output name (see :func:`check_output`), existing
+            outputs without ``overwrite``.
+        DataError: bad input under ``on_error="raise"`` (outputs completed so far stay).
+        OSError: an output cannot be written (the message names it).
     """
     if records_per_shard is not None and records_per_shard < 1:
         raise ConfigError(f"records_per_shard must be >= 1, got {records_per_shard}")
+    check_output(out)
     specs = [spec] if isinstance(spec, str) else list(spec)
     report = ConvertReport()
     paths, records = _records_by_shard(specs, reader, fields, on_error, storage_options, report)
@@ -231,6 +285,7 @@ def convert(
             if writer is None or target != current:
                 if writer is not None:
                     writer.close()
+                    writer = None
                 name = out % target if pattern else out
                 if pattern and records_per_shard is not None:
                     _check_outputs([name], paths, overwrite)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from torchseq.errors import SKIP_HINT, SkippedInput, TorchseqError, data_error
+from torchseq.errors import SKIP_HINT, ConfigError, SkippedInput, TorchseqError, data_error
 from torchseq.records import TEXT_FIELDS, Record, RecordFormatError, detect_format
 from torchseq.sources import WebDatasetSource, reader_for
 from torchseq.sources.base import ShardFault, ShardSource, decode_json
@@ -26,6 +26,7 @@ from torchseq.sources.jsonl import OversizedLine
 from torchseq.sources.remote import filesystem_for
 from torchseq.sources.spec import expand_spec
 from torchseq.stages import load_encoder, tokenizer_spec
+from torchseq.tools.pretokenize import load_tokenizer
 from torchseq.tools.simulate import PaddingResult, simulate_padding
 
 PERCENTILES = (10, 50, 90, 99)
@@ -218,6 +219,8 @@ def inspect_corpus(
                           num_shards=len(paths), max_length=max_length)
     encode = None
     if tokenizer is not None:
+        if isinstance(tokenizer, (str, os.PathLike)):
+            load_tokenizer(tokenizer)  # an error naming the file, for a file that is no tokenizer
         encode = load_encoder(tokenizer_spec(tokenizer), UNTRUNCATED)[0]
         report.unit = "tokens"
         report.tokenizer = os.path.basename(tokenizer) if isinstance(tokenizer, str) else type(tokenizer).__name__
@@ -326,8 +329,7 @@ def format_report(report: CorpusReport) -> str:
     return "\n".join(lines)
 
 
-def plot_lengths(report: CorpusReport, path: str) -> None:
-    """Save a histogram of the length of each column to ``path`` (PNG)."""
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -335,6 +337,36 @@ def plot_lengths(report: CorpusReport, path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise TorchseqError("--plot needs matplotlib: pip install 'torchseq[plot]'") from exc
+    return plt
+
+
+def check_plot_name(path: str) -> None:
+    """Refuse a ``path`` whose suffix names no image format matplotlib writes.
+
+    Raises:
+        ConfigError: no suffix, or an unknown one (the message lists the known ones).
+        TorchseqError: matplotlib is not installed.
+    """
+    suffix = os.path.splitext(path)[1].lower().lstrip(".")
+    if not suffix:
+        raise ConfigError(f"--plot {path}: name the image file with its format's suffix, e.g. {path}.png")
+    _pyplot()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if suffix not in formats:
+        raise ConfigError(f"--plot {path}: matplotlib writes no .{suffix} images; use one of "
+                          + ", ".join(f".{name}" for name in formats))
+
+
+def plot_lengths(report: CorpusReport, path: str) -> None:
+    """Save a histogram of the length of each column to ``path``, in the format its suffix names.
+
+    Raises:
+        ConfigError: see :func:`check_plot_name`.
+    """
+    check_plot_name(path)
+    plt = _pyplot()
     columns = [(name, values) for name, values in report.lengths.items() if len(values)]
     figure, axes = plt.subplots(len(columns), 1, figsize=(8, 2.6 * max(1, len(columns))), squeeze=False)
     for axis, (name, values) in zip(axes[:, 0], columns, strict=True):

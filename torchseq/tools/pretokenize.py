@@ -2,7 +2,7 @@
 
 :func:`pretokenize` reads pair shards (JSONL or WebDataset), tokenizes them
 with the same encoder as :meth:`Pipeline.tokenize` (so the ids are identical),
-and writes ``webdataset.ShardWriter`` shards whose samples hold one ``.npy``
+and writes WebDataset shards (``webdataset.TarWriter``) whose samples hold one ``.npy``
 member per text field::
 
     000000042.anchor.npy      uint16 ids (int32 when the vocabulary exceeds 65,536)
@@ -15,15 +15,22 @@ every shard, token counts and longest lengths per field, a length histogram per
 field, and the tokenizer facts a reader needs (``pad_id``, ``max_length``,
 ``vocab_size``, the tokenizer file's SHA-256). ``ts.read_webdataset(DIR)``
 reads the shards listed there and takes ``pad_id`` from it.
+
+Nothing that looks complete is left by a run that fails: every file is
+written under a temporary name (:mod:`torchseq.tools.output`), and only when
+all shards are done are they renamed into place, ``index.json`` last. A later
+run removes the temporaries a killed run left. A directory that already holds
+output is refused unless ``overwrite``; then the old output stays whole and
+readable until the new one is complete.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,11 +39,13 @@ from torchseq.errors import ConfigError
 from torchseq.pipeline import Pipeline
 from torchseq.records import TEXT_FIELDS, Record
 from torchseq.sources import expand_spec, reader_for
-from torchseq.sources.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION
+from torchseq.sources.manifest import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, read_manifest
 from torchseq.sources.npy import npy_bytes
 from torchseq.stages import Tokenize
+from torchseq.tools.output import cannot_write, open_temporary, remove_stale
 
 SHARD_PATTERN = "shard-%05d.tar"
+SHARD_GLOB = "shard-*.tar"
 # Extra record fields kept in KEY.json (texts are not stored: ids only).
 _SKIP_FIELDS = frozenset(TEXT_FIELDS) | {"tokens", "__key__"}
 
@@ -76,6 +85,70 @@ def _sample(key: str, record: Record, dtype: np.dtype[Any]) -> dict[str, Any]:
     return sample
 
 
+def prepare_output(out: str, overwrite: bool) -> bool:
+    """Check ``out`` before anything is written; remove a killed run's temporaries.
+
+    Returns:
+        Whether ``out`` was created here (a failed run removes it again).
+
+    Raises:
+        ConfigError: ``out`` is a file, another run is writing into it, or it
+            holds output and ``overwrite`` is not set.
+        OSError: ``out`` cannot be created.
+    """
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"{out}: is a file; --out names a directory for the shards and {MANIFEST_NAME}")
+    if not os.path.exists(out):
+        try:
+            os.makedirs(out)
+        except OSError as exc:
+            raise cannot_write(out, exc) from None
+        return True
+    live = [found for name in (SHARD_GLOB, MANIFEST_NAME) for found in remove_stale(out, name)]
+    if live:
+        path, pid = live[0]
+        raise ConfigError(f"{out}: another pretokenize (process {pid}) is writing here; wait for it to "
+                          f"finish or stop it, or choose another directory (if process {pid} is no "
+                          f"pretokenize, remove {path})")
+    shards = glob.glob(os.path.join(glob.escape(out), SHARD_GLOB))
+    if os.path.exists(os.path.join(out, MANIFEST_NAME)):
+        try:
+            read_manifest(out)
+        except (ConfigError, ValueError) as exc:
+            raise ConfigError(f"{exc}; torchseq replaces only its own output: choose another directory") from None
+        if not overwrite:
+            raise ConfigError(f"{out}: already holds pre-tokenized shards ({MANIFEST_NAME} and {len(shards)} "
+                              "shard(s)); pass --overwrite (overwrite=True) to replace them, or choose "
+                              "another directory")
+    elif shards and not overwrite:
+        raise ConfigError(f"{out}: holds {len(shards)} shard-*.tar file(s) but no {MANIFEST_NAME}, the output "
+                          "of an interrupted run; pass --overwrite (overwrite=True) to replace them, or "
+                          "choose another directory")
+    return False
+
+
+class _Shard:
+    """One output shard being written: its temporary, its final name, its statistics."""
+
+    def __init__(self, path: str, max_length: int) -> None:
+        import webdataset
+
+        self.path = path
+        self.stats = _ShardStats(os.path.basename(path), max_length)
+        self.tmp, self._raw = open_temporary(path)
+        # Members are encoded here (npy_bytes: np.save's bytes, header cached), so
+        # TarWriter's per-member encoder lookup is skipped. An integer mtime keeps
+        # tarfile from adding a pax header (1 KiB) to every member.
+        self._tar: Any = webdataset.TarWriter(self._raw, encoder=False, compress=False, mtime=0)
+
+    def write(self, sample: dict[str, Any]) -> None:
+        self._tar.write(sample)
+
+    def close(self) -> None:
+        for handle in (self._tar, self._raw):
+            handle.close()
+
+
 def write_shards(
     records: Iterable[Record],
     out_dir: str | os.PathLike[str],
@@ -85,34 +158,33 @@ def write_shards(
     max_length: int,
     tokenizer_sha256: str | None = None,
     shard_size: int = 10_000,
+    overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Write tokenized records (``record["tokens"]``) as shards plus ``index.json``; returns the index."""
-    import webdataset
+    """Write tokenized records (``record["tokens"]``) as shards plus ``index.json``; returns the index.
 
+    Raises:
+        ConfigError: see :func:`prepare_output`.
+    """
     if shard_size < 1:
         raise ConfigError(f"pretokenize: shard_size must be >= 1, got {shard_size}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if any(out.glob("shard-*.tar")) or (out / MANIFEST_NAME).exists():
-        raise ConfigError(f"{out}: already holds pre-tokenized shards; choose an empty directory")
+    out = os.fspath(out_dir)
+    created = prepare_output(out, overwrite)
     dtype = ids_dtype(vocab_size)
     histograms: dict[str, list[int]] = {}
-    shards: list[_ShardStats] = []
-    # Members are encoded here (npy_bytes: np.save's bytes, header cached), so
-    # TarWriter's per-member encoder lookup is skipped. An integer mtime keeps
-    # tarfile from adding a pax header (1 KiB) to every member.
-    writer = webdataset.ShardWriter(
-        str(out / SHARD_PATTERN), maxcount=shard_size, verbose=0, mtime=0, encoder=False
-    )
+    shards: list[_Shard] = []
+    temporaries: list[str] = []
     total = 0
     try:
         for record in records:
-            writer.write(_sample(f"{total:09d}", record, dtype))
-            name = Path(str(writer.fname)).name
-            if not shards or shards[-1].path != name:
-                shards.append(_ShardStats(name, max_length))
-            stats = shards[-1]
+            if total % shard_size == 0:
+                if shards:
+                    shards[-1].close()
+                shards.append(_Shard(os.path.join(out, SHARD_PATTERN % len(shards)), max_length))
+                temporaries.append(shards[-1].tmp)
+            shard = shards[-1]
+            shard.write(_sample(f"{total:09d}", record, dtype))
+            stats = shard.stats
             stats.count += 1
             for field, ids in record["tokens"].items():
                 for seq in ids if field == "negatives" else [ids]:
@@ -123,28 +195,88 @@ def write_shards(
             total += 1
             if progress is not None:
                 progress(1)
-    finally:
-        writer.close()
-    if total == 0:
-        # ShardWriter opened an empty first shard; an index with no shards is clearer.
-        for leftover in out.glob("shard-*.tar"):
-            leftover.unlink()
-    index = {
-        "format": MANIFEST_FORMAT,
-        "version": MANIFEST_VERSION,
-        "num_records": total,
-        "dtype": dtype.str,
-        "tokenizer": {
-            "sha256": tokenizer_sha256,
-            "max_length": max_length,
-            "pad_id": pad_id,
-            "vocab_size": vocab_size,
-        },
-        "length_histogram": histograms,
-        "shards": [s.as_dict() for s in shards],
-    }
-    (out / MANIFEST_NAME).write_text(json.dumps(index, indent=1) + "\n")
+        if shards:
+            shards[-1].close()
+        index = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "num_records": total,
+            "dtype": dtype.str,
+            "tokenizer": {
+                "sha256": tokenizer_sha256,
+                "max_length": max_length,
+                "pad_id": pad_id,
+                "vocab_size": vocab_size,
+            },
+            "length_histogram": histograms,
+            "shards": [s.stats.as_dict() for s in shards],
+        }
+        manifest = os.path.join(out, MANIFEST_NAME)
+        tmp, handle = open_temporary(manifest)
+        temporaries.append(tmp)
+        with handle:
+            handle.write((json.dumps(index, indent=1) + "\n").encode())
+        _commit(out, [(s.tmp, s.path) for s in shards], (tmp, manifest))
+    except BaseException:
+        _discard(shards, temporaries, out if created else None)
+        raise
     return index
+
+
+def _commit(out: str, shards: list[tuple[str, str]], manifest: tuple[str, str]) -> None:
+    """Rename the finished temporaries into place, the manifest last.
+
+    An old manifest goes first: until the new one lands, the directory is
+    marked unfinished (a run killed in between is refused without
+    ``overwrite``), never a new manifest over old shards or the reverse.
+    """
+    if os.path.exists(manifest[1]):
+        os.remove(manifest[1])
+    for tmp, path in shards:
+        os.replace(tmp, path)
+    kept = {path for _, path in shards}
+    for old in glob.glob(os.path.join(glob.escape(out), SHARD_GLOB)):
+        if old not in kept:
+            os.remove(old)
+    os.replace(*manifest)
+
+
+def _discard(shards: list[_Shard], temporaries: list[str], created: str | None) -> None:
+    """After a failure: close and remove every temporary, and the directory if this run made it."""
+    for shard in shards:
+        try:
+            shard.close()
+        except Exception:  # already failing; the file is removed below
+            pass
+    for tmp in temporaries:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    if created is not None:
+        try:
+            os.rmdir(created)
+        except OSError:  # something else was put there meanwhile: leave it
+            pass
+
+
+def load_tokenizer(tokenizer: str | os.PathLike[str]) -> Any:
+    """``tokenizers.Tokenizer.from_file``, with errors that name the file.
+
+    Raises:
+        ConfigError: the file does not exist or is not a ``tokenizer.json``.
+    """
+    import tokenizers
+
+    path = os.fspath(tokenizer)
+    if os.path.isdir(path):
+        raise ConfigError(f"{path}: is a directory; give the tokenizer.json file, e.g. "
+                          f"{os.path.join(path, 'tokenizer.json')}")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: tokenizer file not found")
+    try:
+        return tokenizers.Tokenizer.from_file(path)
+    except Exception as exc:  # tokenizers raises a bare Exception for any file it cannot parse
+        raise ConfigError(f"{path}: not a tokenizer.json file ({exc}); give the tokenizer.json that "
+                          "tokenizers (or a transformers fast tokenizer's save_pretrained) writes") from None
 
 
 def _sha256(path: str) -> str:
@@ -161,35 +293,43 @@ def pretokenize(
     max_length: int,
     out_dir: str | os.PathLike[str],
     *,
+    reader: str = "auto",
     fields: Mapping[str, str] | None = None,
     on_error: str = "raise",
+    storage_options: Mapping[str, Any] | None = None,
     shard_size: int = 10_000,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Tokenize pair shards once and store the ids as WebDataset shards plus ``index.json``.
 
     Args:
-        spec: input shards (``.jsonl[.gz|.zst]`` or ``.tar[.gz]``), as for the readers.
+        spec: input shards (JSON Lines or WebDataset tar), as for the readers.
         tokenizer: a ``tokenizer.json`` path.
         max_length: truncate every text to this many tokens (special tokens included).
-        out_dir: an empty or new directory for ``shard-NNNNN.tar`` and ``index.json``.
-        fields, on_error: as for :func:`~torchseq.read_jsonl`.
+        out_dir: the directory for ``shard-NNNNN.tar`` and ``index.json``: new,
+            or without earlier output unless ``overwrite``.
+        reader: ``"auto"``, ``"jsonl"`` or ``"webdataset"``, as for
+            :func:`~torchseq.sources.reader_for`.
+        fields, on_error, storage_options: as for :func:`~torchseq.read_jsonl`.
         shard_size: records per output shard.
+        overwrite: replace the output of an earlier run in ``out_dir``.
         progress: show a tqdm progress bar on stderr.
 
     Returns:
         The index written to ``out_dir/index.json``.
-    """
-    import tokenizers
 
+    Raises:
+        ConfigError: a bad tokenizer file or output directory (see :func:`prepare_output`).
+        DataError: bad input under ``on_error="raise"``; nothing is left in ``out_dir``.
+    """
     path = os.fspath(tokenizer)
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path}: tokenizer file not found")
-    shards = expand_spec(spec)
-    source = reader_for(shards).create(shards, fields=fields, on_error=on_error)
+    tok = load_tokenizer(path)
+    shards = expand_spec(spec, storage_options)
+    source = reader_for(shards, reader).create(
+        shards, fields=fields, on_error=on_error, storage_options=storage_options)
     stage = Tokenize(path, max_length, chunk_size=512)
     pipe = Pipeline(source, (stage,))
-    tok = tokenizers.Tokenizer.from_file(path)
     bar: Any = None
     if progress:
         from tqdm import tqdm
@@ -204,6 +344,7 @@ def pretokenize(
             max_length=max_length,
             tokenizer_sha256=_sha256(path),
             shard_size=shard_size,
+            overwrite=overwrite,
             progress=bar.update if bar is not None else None,
         )
     finally:
