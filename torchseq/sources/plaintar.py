@@ -48,6 +48,7 @@ class PlainTar:
         self.position = 0  # bytes of the file consumed
         self.shard = shard  # as named in messages
         self._pending = 0  # padded payload bytes of the member just yielded, not read yet
+        self._lie: ClaimsTooMuch | None = None  # the member just yielded claims more than the file holds
 
     def members(self, *, strict_end: bool = False) -> Iterator[tuple[str, int, int]]:
         """With ``strict_end`` the archive must end with a zero block followed by
@@ -97,7 +98,9 @@ class PlainTar:
             if flag == _PAX:
                 # Extended header for the next member (TarWriter writes one per
                 # member when mtime is a float): only path and size matter here.
-                self._check(f"(pax header at byte {self.position - _BLOCK})", size)
+                if size > self.size - self.position:
+                    raise ClaimsTooMuch(f"{self.shard}::(pax header at byte {self.position - _BLOCK})", size,
+                                        self.size - self.position)
                 padded = (size + _BLOCK - 1) & ~(_BLOCK - 1)
                 data = read(padded)
                 self.position += len(data)
@@ -117,9 +120,15 @@ class PlainTar:
                 size = pax_size
             if flag in _REGULAR:
                 text = name.decode("utf-8", "surrogateescape")
-                self._check(text, size)
+                left = self.size - self.position
+                if size > left:
+                    # Yielded all the same, so that the sample before it is complete and goes
+                    # out first; reading the payload, or going on past it, raises.
+                    self._lie = ClaimsTooMuch(f"{self.shard}::{text}", size, left)
+                    yield text, size, size
+                    raise self._lie
                 self._pending = (size + _BLOCK - 1) & ~(_BLOCK - 1)
-                if self._pending > self.size - self.position:
+                if self._pending > left:
                     raise UnsupportedTar("truncated member")  # the padding is cut: tarfile says how
                 yield text, size, size
             elif not (flag == _DIRECTORY and size == 0):
@@ -128,17 +137,14 @@ class PlainTar:
 
     def payload(self, size: int) -> bytes:
         """The payload of the member just yielded (``size`` bytes, as it claimed)."""
+        if self._lie is not None:
+            raise self._lie
         data = self._read(self._pending)
         self.position += len(data)
         self._pending = 0
         if len(data) < size:
             raise UnsupportedTar("truncated member")  # the file shrank while being read
         return data if len(data) == size else data[:size]
-
-    def _check(self, member: str, size: int) -> None:
-        left = self.size - self.position
-        if size > left:
-            raise ClaimsTooMuch(f"{self.shard}::{member}", size, left)
 
 
 class ClaimsTooMuch(Exception):
