@@ -128,11 +128,9 @@ def _strict(raw: bytes) -> Any:
         except RecursionError:  # within MAX_DEPTH, but deeper than this interpreter's stack allows
             value = _decode_deep(text)
     except ValueError as exc:
-        if b"\x00" in body[:4]:
-            raise RecordFormatError(
-                "invalid UTF-8: NUL bytes between the first characters, as in UTF-16 or UTF-32 text",
-                "invalid utf-8",
-            ) from None
+        encoding = text_encoding(body)
+        if encoding is not None:
+            raise RecordFormatError(f"invalid UTF-8: the text is {encoding}", "invalid utf-8") from None
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RecordFormatError(f"invalid JSON ({detail[:200]})", "invalid json") from None
     if b"\\ud" in body or b"\\uD" in body:
