@@ -120,7 +120,7 @@ def _strict(raw: bytes) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError as bad:
         raise RecordFormatError(f"invalid UTF-8 at byte {bad.start + skipped}", "invalid utf-8") from None
-    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth(body) > MAX_DEPTH:
+    if len(body) > MAX_DEPTH and body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth(body) > MAX_DEPTH:
         raise RecordFormatError(f"invalid JSON (nested too deeply: over {MAX_DEPTH} levels)", "invalid json")
     try:
         try:
@@ -133,7 +133,7 @@ def _strict(raw: bytes) -> Any:
             raise RecordFormatError(f"invalid UTF-8: the text is {encoding}", "invalid utf-8") from None
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RecordFormatError(f"invalid JSON ({detail[:200]})", "invalid json") from None
-    if b"\\ud" in body or b"\\uD" in body:
+    if b"\\u" in body and (b"\\ud" in body or b"\\uD" in body):
         lone = _lone_surrogate(body)
         if lone is not None:
             raise RecordFormatError(
