@@ -180,9 +180,13 @@ def test_a_glob_result_is_never_a_pipe_spec(tmp_path: Path, monkeypatch: pytest.
     assert not (tmp_path / "PWNED").exists()
 
 
-def test_a_directory_listing_is_never_a_pipe_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_a_directory_listing_is_never_a_pipe_spec(suffix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    write_wds(tmp_path / f"{TRAP}.tar", [{"__key__": "k0", "json": {"anchor": "a", "positive": "p"}}])
+    tar = Path(write_wds(tmp_path / "plain.tar", [{"__key__": "k0", "json": {"anchor": "a", "positive": "p"}}]))
+    data = tar.read_bytes()
+    tar.unlink()
+    (tmp_path / f"{TRAP}{suffix}").write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
     assert [r["anchor"] for r in ts.read_webdataset(".", allow_pipe=True)] == ["a"]
     assert not (tmp_path / "PWNED").exists()
 
