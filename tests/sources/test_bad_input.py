@@ -543,6 +543,11 @@ def test_utf8_byte_order_marks_are_ignored(parser: str, suffix: str, tmp_path: P
     with json_parser(parser):
         assert [r["anchor"] for r in ts.read_webdataset(tar)] == [pair(0)[0], pair(1)[0], "query 2 x"]
 
+    samples[2]["anchor.txt"] = bom + b"caf\xe9"  # the offset counts the BOM's bytes
+    tar = write_tar(tmp_path / "bom-bad.tar", samples)
+    with pytest.raises(DataError, match=r"bom-bad\.tar::000002\.anchor\.txt: invalid UTF-8 at byte 6;"):
+        list(ts.read_webdataset(tar))
+
 
 @pytest.mark.parametrize("parser", JSON_PARSERS)
 def test_blank_lines_of_any_length_are_skipped(parser: str, tmp_path: Path) -> None:

@@ -161,11 +161,12 @@ class WebDatasetSource(ShardSource):
                 except RecordFormatError as exc:
                     raise _member_error(str(exc), exc.reason, f"{path}::{key}.{ext}") from None
             elif last == "txt":
+                bom = 3 if data.startswith(BOM) else 0  # ignored, as in JSON
                 try:
-                    extra[head or "txt"] = data.removeprefix(BOM).decode("utf-8")
+                    extra[head or "txt"] = (data[bom:] if bom else data).decode("utf-8")
                 except UnicodeDecodeError as bad:
                     raise _member_error(
-                        f"invalid UTF-8 at byte {bad.start}", "invalid utf-8", f"{path}::{key}.{ext}"
+                        f"invalid UTF-8 at byte {bad.start + bom}", "invalid utf-8", f"{path}::{key}.{ext}"
                     ) from None
             elif last == "npy":
                 tokens[head] = _npy_member(path, key, ext, data)
