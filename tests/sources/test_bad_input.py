@@ -1,4 +1,4 @@
-"""The bad-input matrix: every kind of broken input, through DataLoader workers 0 and 2.
+"""The bad-input matrix: every kind of broken input, through DataLoader workers 0 and 2, with each JSON parser.
 
 For each case, next to good shards:
 
@@ -7,13 +7,20 @@ For each case, next to good shards:
   says what was wrong, and what to do;
 * ``on_error="skip"``: every valid record arrives exactly once, the skips are
   counted by reason in ``pipe.stats()``, and the skipped places are listed.
+
+The expectations do not depend on the JSON parser (orjson or the standard
+library): every case runs with both, and a test compares what they deliver
+and report record for record.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
+import time
+import tracemalloc
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,9 +33,16 @@ from torch.utils.data import DataLoader
 import torchseq as ts
 from tests.conftest import anchor_index, pair
 from tests.support.badinput import (
+    JSON_PARSERS,
+    NO_ORJSON,
+    base256_size,
+    claim_size,
     gzip_bytes,
+    json_parser,
     jsonl_bytes,
     member_offsets,
+    octal_size,
+    pax_lie,
     recoverable_lines,
     tar_sample,
     write_good_tar,
@@ -140,6 +154,54 @@ def case_invalid_utf8(tmp: Path) -> Case:
                       "re-encode", "invalid utf-8")
 
 
+def case_lone_surrogate_escape(tmp: Path) -> Case:
+    # Valid JSON syntax, but no text: the standard library decodes it to a str
+    # that no tokenizer (nor UTF-8 encoder) accepts.
+    return _line_case(tmp, b'["query 998 caf\\udc80", "coffee"]', "lone surrogate", "re-encode",
+                      "invalid utf-8")
+
+
+def case_surrogate_bytes(tmp: Path) -> Case:
+    line = '["query 998 caf\udc80", "coffee"]'.encode("utf-8", "surrogatepass")  # CESU-8 / WTF-8
+    return _line_case(tmp, line, "invalid UTF-8 at byte 15", "re-encode", "invalid utf-8")
+
+
+def case_nan_number(tmp: Path) -> Case:
+    return _line_case(tmp, b'{"anchor": "query 997 x", "positive": "p", "score": NaN}', "invalid JSON",
+                      "fix or remove", "invalid json")
+
+
+def case_number_too_large_for_a_float(tmp: Path) -> Case:
+    return _line_case(tmp, b'{"anchor": "query 997 x", "positive": "p", "score": 1e400}', "invalid JSON",
+                      "fix or remove", "invalid json")
+
+
+def case_nested_too_deeply(tmp: Path) -> Case:
+    line = b'{"anchor": "query 997 x", "positive": "p", "deep": ' + b"[" * 1024 + b"]" * 1024 + b"}"
+    return _line_case(tmp, line, "nested too deeply", "fix or remove", "invalid json")
+
+
+def _utf16_case(tmp: Path, name: str, encoding: str, bom: bytes, what: str) -> Case:
+    data = bom + jsonl_bytes(range(100, 110)).decode().encode(encoding)
+    bad = tmp / name
+    bad.write_bytes(gzip_bytes(data) if name.endswith(".gz") else data)
+    good = _good(tmp, "good.jsonl.gz", range(0, 40))
+    return Case(ts.read_jsonl, [good, str(bad)], list(range(40)), UnknownFormatError, str(bad), what,
+                "re-encode it as UTF-8", {"unknown shard format": 1})
+
+
+def case_utf16_le_file(tmp: Path) -> Case:
+    return _utf16_case(tmp, "utf16.jsonl", "utf-16-le", b"\xff\xfe", "is UTF-16-LE text, not UTF-8")
+
+
+def case_utf16_be_file_without_bom(tmp: Path) -> Case:
+    return _utf16_case(tmp, "utf16be.jsonl.gz", "utf-16-be", b"", "is UTF-16-BE text, not UTF-8")
+
+
+def case_utf32_file(tmp: Path) -> Case:
+    return _utf16_case(tmp, "utf32.jsonl", "utf-32-le", b"\xff\xfe\x00\x00", "is UTF-32-LE text, not UTF-8")
+
+
 def case_unknown_record_format(tmp: Path) -> Case:
     return _line_case(tmp, b'{"question": "q", "answer": "a"}', "unknown record format (keys",
                       "fields=", "unknown format")
@@ -205,7 +267,17 @@ def case_tar_truncated(tmp: Path) -> Case:
     data_bytes = Path(bad).read_bytes()
     Path(bad).write_bytes(data_bytes[: data + 10])  # cut inside sample 112's member
     return Case(ts.read_webdataset, [good, bad], list(range(30)) + list(range(100, 112)),
-                CorruptShardError, f"{bad}::{name}", "corrupt or truncated tar", "re-write or re-download",
+                CorruptShardError, f"{bad}::{name}", "the archive holds only 10 more", "re-write or re-download",
+                {"corrupt shard": 1})
+
+
+def case_tar_gz_truncated(tmp: Path) -> Case:
+    good, plain = _tars(tmp, [tar_sample(i) for i in range(100, 120)])
+    name, _, data = member_offsets(plain)[12]
+    bad = tmp / "bad.tar.gz"
+    bad.write_bytes(gzip_bytes(Path(plain).read_bytes()[: data + 10]))  # a complete gzip of a cut tar
+    return Case(ts.read_webdataset, [good, str(bad)], list(range(30)) + list(range(100, 112)),
+                CorruptShardError, f"{bad}::{name}", "the archive holds only 10 more", "re-write or re-download",
                 {"corrupt shard": 1})
 
 
@@ -257,6 +329,23 @@ def case_tar_huge_sample(tmp: Path) -> Case:
     return Case(ts.read_webdataset, [good, bad], list(range(30)) + ids, DataError,
                 f"{bad}::000103.notes.txt", "exceeds max_record_bytes=4096", "raise max_record_bytes",
                 {"record too large": 1}, {"max_record_bytes": 4096})
+
+
+def case_tar_header_claims_more_than_the_file(tmp: Path) -> Case:
+    good, bad = _tars(tmp, [tar_sample(i) for i in range(100, 110)])
+    claim_size(bad, 4, octal_size((8 << 30) - 1))  # sample 104 claims 8 GiB - 1 bytes
+    return Case(ts.read_webdataset, [good, bad], list(range(30)) + list(range(100, 104)), CorruptShardError,
+                f"{bad}::000104.json", "the header claims 8,589,934,591 bytes", "re-write or re-download",
+                {"corrupt shard": 1})
+
+
+def case_tar_gz_pax_header_claims_a_terabyte(tmp: Path) -> Case:
+    good = write_good_tar(tmp / "good.tar", range(0, 30))
+    bad = tmp / "bad.tar.gz"
+    bad.write_bytes(gzip_bytes(pax_lie([tar_sample(i) for i in range(100, 104)], "000104.json", 10**12)))
+    return Case(ts.read_webdataset, [good, str(bad)], list(range(30)) + list(range(100, 104)),
+                CorruptShardError, f"{bad}::000104.json", "the header claims 1,000,000,000,000 bytes",
+                "re-write or re-download", {"corrupt shard": 1})
 
 
 def case_zero_byte_tar(tmp: Path) -> Case:
@@ -312,13 +401,14 @@ def run(pipe: ts.Pipeline, num_workers: int) -> list[int]:
     return delivered
 
 
+@pytest.mark.parametrize("parser", JSON_PARSERS)
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_matrix(name: str, num_workers: int, tmp_path: Path) -> None:
+def test_bad_input_matrix(name: str, num_workers: int, parser: str, tmp_path: Path) -> None:
     case = CASES[name](tmp_path)
 
     pipe = case.reader(case.spec, on_error="raise", **case.kwargs)
-    with pytest.raises(case.error) as info:
+    with json_parser(parser), pytest.raises(case.error) as info:
         run(pipe, num_workers)
     assert isinstance(info.value, TorchseqError)
     message = original_message(info.value, num_workers)
@@ -327,7 +417,8 @@ def test_bad_input_matrix(name: str, num_workers: int, tmp_path: Path) -> None:
     assert case.advice in message, message
 
     pipe = case.reader(case.spec, on_error="skip", **case.kwargs)
-    delivered = run(pipe, num_workers)
+    with json_parser(parser):
+        delivered = run(pipe, num_workers)
     counts = Counter(delivered)
     assert sorted(counts) == sorted(case.expected), f"lost {set(case.expected) - set(counts)}"
     assert max(counts.values()) == 1, f"duplicated {[i for i, n in counts.items() if n > 1]}"
@@ -336,6 +427,234 @@ def test_bad_input_matrix(name: str, num_workers: int, tmp_path: Path) -> None:
     assert stats.records == len(case.expected)
     assert Counter(e.reason for e in stats.errors) == Counter(case.reasons)
     assert all(e.place == case.place for e in stats.errors)
+
+
+def _outcome(pipe: ts.Pipeline, parser: str) -> tuple[list[Any], Any, list[Any], dict[str, int]]:
+    """Everything a skip-mode read shows: the records, in order, and the full report."""
+    with json_parser(parser):
+        delivered = list(pipe)
+    stats = pipe.stats()
+    return delivered, stats.records, [tuple(e) for e in stats.errors], stats.skipped
+
+
+@NO_ORJSON
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_json_parsers_agree_on_the_matrix(name: str, tmp_path: Path) -> None:
+    """orjson and the standard library deliver the same records and report the same skips, word for word."""
+    case = CASES[name](tmp_path)
+    stdlib = _outcome(case.reader(case.spec, on_error="skip", **case.kwargs), "json")
+    assert _outcome(case.reader(case.spec, on_error="skip", **case.kwargs), "orjson") == stdlib
+
+
+# Lines where JSON parsers commonly differ: each is read by both, alone between two good lines.
+TRICKY_LINES = {
+    "bom": b'\xef\xbb\xbf["query 1 x", "p"]',
+    "bom only": b"\xef\xbb\xbf",
+    "bom inside": b'["query 1 x", \xef\xbb\xbf"p"]',
+    "lone high surrogate": b'["query 1 \\ud800", "p"]',
+    "lone low surrogate in a key": b'{"anchor": "query 1 x", "positive": "p", "\\udfff": 1}',
+    "reversed pair": b'["query 1 \\ude00\\ud83d", "p"]',
+    "pair": b'["query 1 \\ud83d\\ude00", "p"]',
+    "split pair": b'["query 1 \\ud83d", "\\ude00 p"]',
+    "escaped backslash before u": b'["query 1 \\\\ud800", "p"]',
+    "surrogate bytes": b'["query 1 \xed\xa0\x80", "p"]',
+    "overlong utf-8": b'["query 1 \xc0\xaf", "p"]',
+    "beyond U+10FFFF": b'["query 1 \xf4\x90\x80\x80", "p"]',
+    "noncharacter": '["query 1 \uffff", "p"]'.encode(),
+    "line separator": '["query 1 \u2028", "p"]'.encode(),
+    "escaped nul": b'["query 1 \\u0000", "p"]',
+    "raw control character": b'["query 1 \x01", "p"]',
+    "raw tab": b'["query 1 \t", "p"]',
+    "raw DEL": b'["query 1 \x7f", "p"]',
+    "nan": b'{"anchor": "query 1 x", "positive": "p", "s": NaN}',
+    "infinity": b'{"anchor": "query 1 x", "positive": "p", "s": -Infinity}',
+    "float overflow": b'{"anchor": "query 1 x", "positive": "p", "s": 1e309}',
+    "float underflow": b'{"anchor": "query 1 x", "positive": "p", "s": 1e-400}',
+    "int64 min": b'{"anchor": "query 1 x", "positive": "p", "s": -9223372036854775808}',
+    "below int64": b'{"anchor": "query 1 x", "positive": "p", "s": -9223372036854775809}',
+    "uint64 max": b'{"anchor": "query 1 x", "positive": "p", "s": 18446744073709551615}',
+    "beyond uint64": b'{"anchor": "query 1 x", "positive": "p", "s": 18446744073709551616}',
+    "400 digits": b'{"anchor": "query 1 x", "positive": "p", "s": ' + b"9" * 400 + b"}",
+    "5000 digits": b'{"anchor": "query 1 x", "positive": "p", "s": ' + b"9" * 5000 + b"}",
+    "leading zero": b'{"anchor": "query 1 x", "positive": "p", "s": 01}',
+    "trailing comma": b'["query 1 x", "p",]',
+    "trailing garbage": b'["query 1 x", "p"] x',
+    "two values": b'["query 1 x", "p"] ["query 2 x", "p"]',
+    "duplicate keys": b'{"anchor": "query 1 x", "anchor": "query 2 x", "positive": "p"}',
+    "depth 990": b'["query 1 x", "p", ' + b"[" * 989 + b"]" * 989 + b"]",
+    "depth 1024": b'["query 1 x", "p", ' + b"[" * 1023 + b"]" * 1023 + b"]",
+    "depth 1025": b'["query 1 x", "p", ' + b"[" * 1024 + b"]" * 1024 + b"]",
+    "depth 1024 of objects": b'{"a": ' * 1023 + b'["query 1 x", "p"]' + b"}" * 1023,
+    "brackets in strings": b'["query 1 ' + b"[" * 2000 + b'", "p"]',
+    "utf-16-be": '["query 1 x", "p"]'.encode("utf-16-be"),
+    "utf-16 with bom": '["query 1 x", "p"]'.encode("utf-16"),
+    "form feed": b'\x0c["query 1 x", "p"]',
+    "no-break space": '\u00a0["query 1 x", "p"]'.encode(),
+}
+
+
+@NO_ORJSON
+@pytest.mark.parametrize("name", sorted(TRICKY_LINES))
+def test_json_parsers_agree_on_tricky_lines(name: str, tmp_path: Path) -> None:
+    path = tmp_path / "tricky.jsonl"
+    path.write_bytes(b'["query 0 x", "p"]\n' + TRICKY_LINES[name] + b'\n["query 9 x", "p"]\n')
+    stdlib = _outcome(ts.read_jsonl(str(path), on_error="skip"), "json")
+    assert _outcome(ts.read_jsonl(str(path), on_error="skip"), "orjson") == stdlib
+
+
+@pytest.mark.parametrize("parser", JSON_PARSERS)
+def test_numbers_follow_one_rule(parser: str, tmp_path: Path) -> None:
+    """Integers in the 64-bit range stay exact, larger ones become floats (orjson's rule), a number
+    too large for a float and NaN / Infinity are invalid JSON."""
+    values = [b"-9223372036854775808", b"18446744073709551615", b"18446744073709551616",
+              b"-9223372036854775809", b"1.5", b"1e-400", b"1e309", b"NaN", b"Infinity", b"9" * 400]
+    path = tmp_path / "numbers.jsonl"
+    path.write_bytes(b"".join(b'{"anchor": "query %d x", "positive": "p", "s": %s}\n' % (i, v)
+                              for i, v in enumerate(values)))
+    pipe = ts.read_jsonl(str(path), on_error="skip")
+    with json_parser(parser):
+        scores = [r["s"] for r in pipe]
+    assert scores == [-(2**63), 2**64 - 1, float(2**64), float(-(2**63) - 1), 1.5, 0.0]
+    assert [type(s) for s in scores] == [int, int, float, float, float, float]
+    assert pipe.stats().skipped == {"invalid json": 4}
+
+
+@pytest.mark.parametrize("parser", JSON_PARSERS)
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_utf8_byte_order_marks_are_ignored(parser: str, suffix: str, tmp_path: Path) -> None:
+    """A UTF-8 BOM before the JSON of a line (a file written by a Windows editor, or files with BOMs
+    concatenated) or of a tar member is ignored, as by ``json.loads(bytes)``; one inside is invalid."""
+    bom = b"\xef\xbb\xbf"
+    lines = [bom + jsonl_bytes(range(0, 3)), jsonl_bytes(range(3, 5)), bom + jsonl_bytes(range(5, 7)),
+             bom + b"\n", b'["query 99 x", ' + bom + b'"p"]\n']
+    path = tmp_path / f"bom{suffix}"
+    data = b"".join(lines)
+    path.write_bytes(gzip_bytes(data) if suffix.endswith(".gz") else data)
+    pipe = ts.read_jsonl(str(path), on_error="skip")
+    with json_parser(parser):
+        assert [anchor_index(r["anchor"]) for r in pipe] == list(range(7))
+    assert pipe.stats().skipped == {"invalid json": 1}
+    assert [e.place for e in pipe.stats().errors] == [f"{path}:9"]
+
+    samples = [tar_sample(i) for i in range(3)]
+    samples[1]["json"] = bom + samples[1]["json"]
+    samples[2] = {"__key__": "000002", "anchor.txt": bom + b"query 2 x", "positive.txt": b"p"}
+    tar = write_tar(tmp_path / "bom.tar", samples)
+    with json_parser(parser):
+        assert [r["anchor"] for r in ts.read_webdataset(tar)] == [pair(0)[0], pair(1)[0], "query 2 x"]
+
+    samples[2]["anchor.txt"] = bom + b"caf\xe9"  # the offset counts the BOM's bytes
+    tar = write_tar(tmp_path / "bom-bad.tar", samples)
+    with pytest.raises(DataError, match=r"bom-bad\.tar::000002\.anchor\.txt: invalid UTF-8 at byte 6;"):
+        list(ts.read_webdataset(tar))
+
+
+@pytest.mark.parametrize("parser", JSON_PARSERS)
+def test_blank_lines_of_any_length_are_skipped(parser: str, tmp_path: Path) -> None:
+    """Lines of JSON whitespace only (space, tab, CR) are skipped alike, however long; not counted."""
+    blanks = [b"", b" ", b"\t", b"\r", b"    ", b" \t \r", b" " * 300, b"\t" * 5000, b"\r\r\r\r"]
+    path = tmp_path / "blanks.jsonl"
+    path.write_bytes(b"".join(jsonl_bytes([i]) + blank + b"\n" for i, blank in enumerate(blanks)))
+    pipe = ts.read_jsonl(str(path), max_record_bytes=1024)
+    with json_parser(parser):
+        assert [anchor_index(r["anchor"]) for r in pipe] == list(range(len(blanks)))
+    assert pipe.stats().skipped == {}
+    assert len(pipe) == len(blanks)
+
+
+@pytest.mark.parametrize("parser", JSON_PARSERS)
+def test_a_lone_surrogate_never_reaches_the_tokenizer(parser: str, tokenizer_file: str, tmp_path: Path) -> None:
+    case = case_lone_surrogate_escape(tmp_path)
+    pipe = ts.read_jsonl(case.spec, on_error="skip").tokenize(tokenizer_file, max_length=16)
+    with json_parser(parser):
+        tokenized = list(pipe)
+    assert len(tokenized) == len(case.expected)
+    assert all(len(r["tokens"]["anchor"]) <= 16 for r in tokenized)
+    assert pipe.stats().skipped == {"invalid utf-8": 1}
+
+
+@pytest.mark.parametrize("member", ["X.PYD", "extra.Pickle", "extra.pickle.gz", "extra.PKL.ZST", "extra.pth",
+                                    "model.pt", "extra.pyd.bz2", "pkl"])
+def test_pickle_members_are_refused_in_any_spelling(member: str, tmp_path: Path) -> None:
+    samples = [tar_sample(i) for i in range(100, 106)]
+    samples[2][member] = b"\x80\x04\x95 not really a pickle"
+    bad = write_tar(tmp_path / "bad.tar", samples)
+    with pytest.raises(DataError, match="pickle member refused") as info:
+        list(ts.read_webdataset(bad))
+    assert str(info.value).startswith(f"{bad}::000102.{member}: ")
+    pipe = ts.read_webdataset(bad, on_error="skip")
+    assert [anchor_index(r["anchor"]) for r in pipe] == [100, 101, 103, 104, 105]
+    assert pipe.stats().skipped == {"unsafe content": 1}
+
+
+def _local_lie(tmp: Path, field: bytes) -> str:
+    bad = write_tar(tmp / "lie.tar", [tar_sample(i) for i in range(100, 104)])
+    return claim_size(bad, 2, field)  # the header of sample 102
+
+
+def _pax_lie(tmp: Path, name: str) -> str:
+    data = pax_lie([tar_sample(i) for i in range(100, 102)], "000102.json", 10**12)
+    path = tmp / name
+    path.write_bytes(gzip_bytes(data) if name.endswith(".gz") else data)
+    return str(path)
+
+
+LIES = {
+    "local tar, ustar size of 8 GiB": (lambda tmp: _local_lie(tmp, octal_size((8 << 30) - 1)), "8,589,934,591"),
+    "local tar, base-256 size of 1 TB": (lambda tmp: _local_lie(tmp, base256_size(10**12)), "1,000,000,000,000"),
+    "local tar, pax size of 1 TB": (lambda tmp: _pax_lie(tmp, "lie.tar"), "1,000,000,000,000"),
+    "tar.gz, pax size of 1 TB": (lambda tmp: _pax_lie(tmp, "lie.tar.gz"), "1,000,000,000,000"),
+}
+
+
+@pytest.mark.parametrize("limit", [1 << 20, 1 << 50])
+@pytest.mark.parametrize("name", sorted(LIES))
+def test_a_lying_tar_header_is_refused_at_once(name: str, limit: int, tmp_path: Path) -> None:
+    """A member claiming more bytes than exist: a CorruptShardError naming it, without reading or
+    allocating what it claims (also when the limit would allow it), in well under a second."""
+    make, claimed = LIES[name]
+    bad = make(tmp_path)
+    assert os.path.getsize(bad) <= 10240
+    tracemalloc.start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(CorruptShardError) as info:
+            list(ts.read_webdataset(bad, max_record_bytes=limit))
+        pipe = ts.read_webdataset(bad, max_record_bytes=limit, on_error="skip")
+        delivered = [anchor_index(r["anchor"]) for r in pipe]
+        elapsed = time.monotonic() - began
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(info.value)
+    expected = f"{bad}::000102.json: corrupt or truncated tar: the header claims {claimed} bytes"
+    assert message.startswith(expected), message
+    assert "the 2 sample(s) before it were read" in message and "re-write or re-download" in message
+    assert delivered == [100, 101]
+    assert pipe.stats().skipped == {"corrupt shard": 1}
+    assert elapsed < 5, f"{elapsed:.1f} s"  # a hang guard: it takes milliseconds
+    assert peak < 8 << 20, f"peak {peak} bytes"
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_huge_tar_member_is_never_held_whole(suffix: str, tmp_path: Path) -> None:
+    """A 64 MiB member under a 1 MiB limit is skipped (counted) without being read into memory."""
+    samples = [tar_sample(i) for i in range(100, 104)]
+    samples[1]["notes.txt"] = b"z" * (64 << 20)
+    path = Path(write_tar(tmp_path / "huge.tar", samples))
+    if suffix == ".tar.gz":
+        path = path.with_suffix(".tar.gz")
+        path.write_bytes(gzip.compress((tmp_path / "huge.tar").read_bytes(), compresslevel=1, mtime=0))
+    pipe = ts.read_webdataset(str(path), on_error="skip", max_record_bytes=1 << 20)
+    tracemalloc.start()
+    try:
+        delivered = [anchor_index(r["anchor"]) for r in pipe]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert delivered == [100, 102, 103]
+    assert pipe.stats().skipped == {"record too large": 1}
+    assert peak < 8 << 20, f"peak {peak} bytes"
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

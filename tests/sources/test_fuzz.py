@@ -13,7 +13,10 @@ and plain random bytes. For each file:
   "skip" delivers (when "raise" met no error, nothing was bad and "skip"
   would run the very same code: it is not run again);
 * an intact container (a well-formed gzip/tar around hostile content) never
-  gives a shard-level fault.
+  gives a shard-level fault;
+* both JSON parsers (the standard library's and orjson, when installed)
+  deliver the same records and raise or report the same errors, word for word:
+  every input is read with each.
 
 Each test counts the inputs it really ran and asserts the total.
 """
@@ -27,6 +30,7 @@ import json
 import lzma
 import os
 import random
+import tarfile
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -37,7 +41,15 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.support.badinput import tar_bytes_io
+from tests.support.badinput import (
+    HAVE_ORJSON,
+    NO_ORJSON,
+    base256_size,
+    claim,
+    json_parser,
+    octal_size,
+    tar_bytes_io,
+)
 from torchseq.context import Context
 from torchseq.errors import TorchseqError
 from torchseq.sources import JsonlSource, WebDatasetSource
@@ -209,6 +221,17 @@ def _member(kind: str, rng: random.Random) -> tuple[str, bytes]:
     return rng.choice(["bin", "cls", "x.y.z"]), bytes(rng.randrange(256) for _ in range(5))
 
 
+def _lie(tar: bytes, how: tuple[float, int]) -> bytes:
+    """Make one member's header claim ``size`` bytes (checksum kept valid): the data cannot hold them."""
+    where, size = how
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        offsets = [m.offset for m in archive.getmembers()]
+    if not offsets:
+        return tar
+    offset = offsets[min(len(offsets) - 1, int(len(offsets) * where))]
+    return claim(tar, offset, octal_size(size) if size < 8 << 30 else base256_size(size))
+
+
 def _tar(skeleton: list[list[str]], rng: random.Random) -> bytes:
     samples = []
     for number, kinds in enumerate(skeleton):
@@ -253,24 +276,42 @@ def _same(a: list[Any], b: list[Any]) -> bool:
 SHARD_FAULTS = {"corrupt shard", "unknown shard format"}
 
 
-def check(
-    name: str, cls: type[ShardSource], blob: bytes, suffix: str, max_record_bytes: int, intact: bool = False
-) -> None:
-    """One input through both modes; ``intact``: well-formed container, so no shard-level fault."""
-    RAN[name] += 1
-    path = WORKDIR / f"shard{suffix}"
-    path.write_bytes(blob)
-    raised, error, _ = _read(cls, str(path), "raise", max_record_bytes)
+#: The parsers every input is read with (set per test).
+PARSERS: list[str] = ["json"]
+
+
+def _outcome(cls: type[ShardSource], path: str, max_record_bytes: int) -> tuple[Any, ...]:
+    """One input through both modes: (raise-mode records, its error, skip-mode records, skip reasons)."""
+    raised, error, _ = _read(cls, path, "raise", max_record_bytes)
     assert all(_valid(r) for r in raised)
     if error is None:
-        return  # nothing was bad, so "skip" has nothing to skip: the same run
-    assert str(error).startswith(str(path)), str(error)
-    skipped, skip_error, reasons = _read(cls, str(path), "skip", max_record_bytes)
+        return raised, None, None, None  # nothing was bad, so "skip" has nothing to skip: the same run
+    assert str(error).startswith(path), str(error)
+    skipped, skip_error, reasons = _read(cls, path, "skip", max_record_bytes)
     assert skip_error is None, f"on_error='skip' raised {skip_error!r}"
     assert all(_valid(r) for r in skipped)
     assert _same(raised, skipped[: len(raised)])
     assert reasons, "raise mode raised, skip mode skipped nothing"
-    if intact:
+    return raised, (type(error), str(error)), skipped, reasons
+
+
+def check(
+    name: str, cls: type[ShardSource], blob: bytes, suffix: str, max_record_bytes: int, intact: bool = False
+) -> None:
+    """One input with each parser of :data:`PARSERS`; ``intact``: well-formed container, so no shard-level fault."""
+    RAN[name] += 1
+    path = WORKDIR / f"shard{suffix}"
+    path.write_bytes(blob)
+    outcomes = []
+    for parser in PARSERS:
+        with json_parser(parser):
+            outcomes.append(_outcome(cls, str(path), max_record_bytes))
+    raised, error, skipped, reasons = outcomes[0]
+    for other in outcomes[1:]:
+        assert _same(other[0], raised) and other[1] == error, (PARSERS, error, other[1])
+        assert (skipped is None) == (other[2] is None) and (skipped is None or _same(other[2], skipped))
+        assert other[3] == reasons
+    if intact and reasons:
         assert not SHARD_FAULTS & set(reasons), reasons
 
 
@@ -296,14 +337,18 @@ def _jsonl_bytes(blob: bytes, suffix: str, limit: int) -> None:
     check("jsonl_bytes", JsonlSource, blob, suffix, limit)
 
 
+# A header claiming more than the shard holds: small, over the 256-byte limit, 8 GiB - 1, 1 TB.
+lies = st.none() | st.tuples(st.floats(0, 1), st.sampled_from([700, 5000, (8 << 30) - 1, 10**12]))
+
+
 @given(st.lists(st.lists(st.sampled_from(MEMBER_KINDS), min_size=1, max_size=3), max_size=6), seeds,
-       damage, limits)
+       damage, limits, lies)
 @settings(FUZZ, max_examples=EXAMPLES["tar_structured"] // 2)
-def _tar_structured(skeleton: list[list[str]], seed: int, how: Any, limit: int) -> None:
+def _tar_structured(skeleton: list[list[str]], seed: int, how: Any, limit: int, lie: Any) -> None:
     tar = _tar(skeleton, random.Random(seed))
     blob, suffix = _damaged(tar, (how[0], None, None, []))
     check("tar_structured", WebDatasetSource, blob, ".tar" + suffix, limit, intact=True)
-    blob, suffix = _damaged(tar, how)
+    blob, suffix = _damaged(_lie(tar, lie) if lie is not None else tar, how)
     check("tar_structured", WebDatasetSource, blob, ".tar" + suffix, limit)
 
 
@@ -317,10 +362,22 @@ FUZZERS = {"jsonl_structured": _jsonl_structured, "jsonl_bytes": _jsonl_bytes,
            "tar_structured": _tar_structured, "tar_bytes": _tar_bytes}
 
 
-@pytest.mark.timeout(120)
+# With orjson installed every input is read with both parsers (and compared); without it, the
+# standard library's alone, and the comparison is reported as skipped.
+BOTH = pytest.param(["json", "orjson"], id="json+orjson", marks=NO_ORJSON)
+STDLIB_ONLY = pytest.param(["json"], id="json", marks=pytest.mark.skipif(
+    HAVE_ORJSON, reason="orjson is installed: json+orjson reads every input with both parsers"))
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("parsers", [BOTH, STDLIB_ONLY])
 @pytest.mark.parametrize("name", sorted(FUZZERS))
-def test_fuzz_reader(name: str) -> None:
+def test_fuzz_reader(name: str, parsers: list[str]) -> None:
     fuzzer = FUZZERS[name]
     before = RAN[name]
-    fuzzer()
+    PARSERS[:] = parsers
+    try:
+        fuzzer()
+    finally:
+        PARSERS[:] = ["json"]
     assert RAN[name] - before >= EXAMPLES[name]

@@ -164,3 +164,45 @@ def test_the_reader_rule_reads_directories_as_webdataset_and_refuses_a_mix(tmp_p
     assert reader_for(["a.tar", "b.jsonl"], "jsonl").__name__ == "JsonlSource"
     with pytest.raises(ts.ConfigError, match="reader must be one of"):
         reader_for(["a.jsonl"], "parquet")
+
+
+# A file name that is a shell command: `touch PWNED` runs if the name is ever taken for a pipe: spec.
+TRAP = "pipe:touch PWNED; echo x"
+
+
+def test_a_glob_result_is_never_a_pipe_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / f"{TRAP}.jsonl", [pair(0), pair(1)])
+    write_jsonl(tmp_path / "plain.jsonl", [pair(2)])
+    pipe = ts.read_jsonl("*.jsonl", allow_pipe=True)
+    assert [r["anchor"] for r in pipe] == [pair(i)[0] for i in range(3)]  # the trap is read as a file
+    assert expand_spec("*.jsonl") == [f"./{TRAP}.jsonl", "plain.jsonl"]
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_a_directory_listing_is_never_a_pipe_spec(suffix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    tar = Path(write_wds(tmp_path / "plain.tar", [{"__key__": "k0", "json": {"anchor": "a", "positive": "p"}}]))
+    data = tar.read_bytes()
+    tar.unlink()
+    (tmp_path / f"{TRAP}{suffix}").write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    assert [r["anchor"] for r in ts.read_webdataset(".", allow_pipe=True)] == ["a"]
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_brace_expansion_never_makes_a_pipe_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "plain.jsonl", [pair(0)])
+    with pytest.raises(ts.ConfigError, match=r"pipe:touch PWNED; echo x\.jsonl: a brace expansion made a 'pipe:'"):
+        list(ts.read_jsonl("{pipe:touch PWNED; echo x,plain}.jsonl", allow_pipe=True))
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_literal_pipe_spec_still_expands_its_braces(tmp_path: Path) -> None:
+    """WebDataset's convention: ``pipe:curl .../shard-{000..009}.tar`` is one command per shard."""
+    for i in range(2):
+        write_jsonl(tmp_path / f"part-{i}.jsonl", [pair(i)])
+    spec = f"pipe:cat {tmp_path}/part-{{0..1}}.jsonl"
+    assert expand_spec(spec) == [f"pipe:cat {tmp_path}/part-{i}.jsonl" for i in range(2)]
+    assert [r["anchor"] for r in ts.read_jsonl(spec, allow_pipe=True)] == [pair(0)[0], pair(1)[0]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from torchseq.errors import DataError
 from torchseq.sources.manifest import MANIFEST_NAME as INDEX_NAME
 from torchseq.sources.manifest import read_manifest as read_index
 from torchseq.sources.npy import npy_bytes
-from torchseq.sources.tar import plain_members
+from torchseq.sources.plaintar import PlainTar
 from torchseq.tools.pretokenize import pretokenize
 
 
@@ -143,7 +144,8 @@ def test_fast_member_reader_equals_tarfile(tmp_path: Path, mtime: int | None) ->
                for i in range(50)]
     path = _tar(tmp_path, samples, mtime=mtime)
     with open(path, "rb") as stream:
-        fast = list(plain_members(stream))
+        plain = PlainTar(stream, os.path.getsize(path), path)
+        fast = [(name, plain.payload(size)) for name, size, _ in plain.members()]
     with tarfile.open(path) as tar:
         slow = [(m.name, tar.extractfile(m).read()) for m in tar if m.isreg()]  # type: ignore[union-attr]
     assert fast == slow and len(fast) == 100
@@ -170,7 +172,7 @@ def test_npy_bytes_is_what_np_save_writes() -> None:
 
 @pytest.mark.parametrize("nonzero", [0, 100, 256, 257, 512])
 def test_header_checksum_equals_the_plain_byte_sum(nonzero: int) -> None:
-    from torchseq.sources.tar import _header_sum
+    from torchseq.sources.plaintar import _header_sum
 
     rng = np.random.default_rng(nonzero)
     for _ in range(200):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import errno
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,34 +45,13 @@ from torchseq.protocol import Counters, Running
 from torchseq.records import Record, RecordFormatError
 from torchseq.sources.fs import PIPE_PREFIX, check_pipe
 from torchseq.sources.identity import check_shard_list, shard_stamps
+from torchseq.sources.jsontext import decode_json as decode_json  # re-exported for torchseq.tools
 from torchseq.sources.options import ReaderOptions
 from torchseq.sources.spec import ShardSpec, expand_spec, spec_items
 from torchseq.state import Saved, State, check_field
 
-try:  # orjson parses pair lines ~2x faster; the stdlib is the fallback.
-    import orjson
-
-    loads: Callable[[bytes | str], Any] = orjson.loads
-except ImportError:  # pragma: no cover - depends on the environment
-    loads = json.loads
-
 #: Skipped inputs reported per worker through ``Pipeline.stats()`` (counts stay exact).
 STATS_ERRORS_PER_WORKER = 16
-
-
-def decode_json(raw: bytes) -> Any:
-    """Parse JSON bytes; the error says whether the bytes or the JSON were bad."""
-    try:
-        return loads(raw)
-    except RecursionError:  # the stdlib parser on deeply nested input
-        raise RecordFormatError("invalid JSON (nested too deeply)", "invalid json") from None
-    except ValueError as exc:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as bad:
-            raise RecordFormatError(f"invalid UTF-8 at byte {bad.start}", "invalid utf-8") from None
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RecordFormatError(f"invalid JSON ({detail[:200]})", "invalid json") from None
 
 
 class ShardFault(Exception):

@@ -30,10 +30,10 @@ from torchseq.errors import (
     ShardNotFoundError,
 )
 from torchseq.sources.remote import RetryPolicy, open_remote
+from torchseq.sources.spec import PIPE_PREFIX as PIPE_PREFIX  # re-exported
 from torchseq.sources.spec import is_url
 
 BUFFER_BYTES = 1 << 16
-PIPE_PREFIX = "pipe:"
 
 # (magic bytes, compression)
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))

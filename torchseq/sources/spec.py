@@ -1,4 +1,11 @@
-"""Shard specs: a path, a list, a glob or a brace range; local or fsspec URL."""
+"""Shard specs: a path, a list, a glob or a brace range; local or fsspec URL.
+
+Only a literal spec item that starts with ``pipe:`` is a command (its brace
+ranges expand into one command per shard, WebDataset's convention). A glob
+match or a directory listing that names a file ``pipe:...`` is that file, and
+is returned as ``./pipe:...``; a brace range that makes a ``pipe:`` item out of
+a literal that is not one is refused.
+"""
 
 from __future__ import annotations
 
@@ -15,23 +22,27 @@ from torchseq.sources.remote import RetryPolicy, glob_remote
 ShardSpec = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 _GLOB_CHARS = frozenset("*?[")
+PIPE_PREFIX = "pipe:"
 
 
 def is_url(path: str) -> bool:
-    return "://" in path and not path.startswith(("file://", "pipe:"))
+    return "://" in path and not path.startswith(("file://", PIPE_PREFIX))
+
+
+def local_file(path: str) -> str:
+    """A path found on disk (a glob match, a directory listing), never to be taken for a ``pipe:`` spec."""
+    return f"./{path}" if path.startswith(PIPE_PREFIX) else path
 
 
 def _glob_part(path: str) -> str:
     """The part of a path where glob characters mean a glob (not a URL's query or a command)."""
-    if path.startswith("pipe:"):
-        return ""
     return path.split("?", 1)[0] if is_url(path) else path
 
 
 def _glob(pattern: str, storage_options: Mapping[str, Any] | None, retry: Any) -> list[str]:
     if is_url(pattern):
         return glob_remote(pattern, storage_options, retry or RetryPolicy())
-    return sorted(globlib.glob(pattern.removeprefix("file://")))
+    return sorted(local_file(p) for p in globlib.glob(pattern.removeprefix("file://")))
 
 
 def spec_items(spec: ShardSpec) -> list[str]:
@@ -57,16 +68,26 @@ def expand_spec(
     """Expand a spec into the ordered list of shard paths.
 
     Brace ranges (``train-{00000..00007}.jsonl.gz``) expand in order; globs
-    expand sorted. Lists keep their order.
+    expand sorted. Lists keep their order. A ``pipe:`` item is a command:
+    its braces expand, glob characters in it are the shell's.
 
     Raises:
-        ConfigError: the spec is empty or of the wrong type.
+        ConfigError: the spec is empty or of the wrong type, or a brace range
+            made a ``pipe:`` item out of one that is not.
         ShardNotFoundError: a glob matched nothing.
     """
     shards: list[str] = []
     for item in spec_items(spec):
+        command = item.startswith(PIPE_PREFIX)
         for path in braceexpand(item):
-            if _GLOB_CHARS & set(_glob_part(path)):
+            if command:
+                shards.append(path)
+            elif path.startswith(PIPE_PREFIX):
+                raise ConfigError(
+                    f"{path}: a brace expansion made a 'pipe:' spec out of {item!r}; only a spec item that "
+                    "starts with 'pipe:' runs a command: write each command as its own item"
+                )
+            elif _GLOB_CHARS & set(_glob_part(path)):
                 matched = _glob(path, storage_options, retry)
                 if not matched:
                     raise ShardNotFoundError(f"{path}: glob matched no shards")

@@ -3,165 +3,38 @@
 Members are grouped into samples by key exactly as webdataset does
 (``webdataset.tariterators.base_plus_ext``): consecutive members sharing a key.
 
-* :func:`local_samples` walks a local, uncompressed tar through
-  :func:`plain_members`, two ``read`` calls per member, checking each
-  header's checksum. A pre-tokenized sample is two or three tiny members, so
-  per-member overhead decides throughput: profiled (under load), :mod:`tarfile`
-  spent ~0.9 ms per sample building ``TarInfo`` objects. It handles what
-  ``webdataset.TarWriter`` writes (ustar regular files and directories, pax
-  ``path``/``size`` records) and raises :class:`UnsupportedTar` on anything
-  else (global pax or GNU long-name headers, base-256 sizes, truncation); the
-  caller then re-reads the shard with :func:`stream_samples`.
+* :func:`local_samples` walks a local, uncompressed tar through the fast
+  member reader :class:`~torchseq.sources.plaintar.PlainTar`; on anything it
+  does not handle (:class:`~torchseq.sources.plaintar.UnsupportedTar`) the
+  caller re-reads the shard with :func:`stream_samples`.
 * :func:`stream_samples` reads any tar (compressed, remote) with :mod:`tarfile`
   in streaming mode, so that a corrupt member is reported as
   ``shard.tar::member`` and the samples before it are kept (webdataset's own
-  iterator rewrites the exception's arguments instead). ``tarfile`` silently
-  treats an unreadable header in the middle of an archive as its end; this
-  reader checks that an archive really ends with the zero blocks of an
-  end-of-archive marker, so a corrupt header or a cut at a member boundary is
-  reported instead of losing the rest of the shard in silence.
+  iterator rewrites the exception's arguments instead). Member data it does
+  not deliver is skipped in bounded reads that stop where the stream ends,
+  so a header that claims more than exists is reported at once. ``tarfile``
+  silently treats an unreadable header in the middle of an archive as its
+  end; this reader checks that an archive really ends with the zero blocks of
+  an end-of-archive marker, so a corrupt header or a cut at a member boundary
+  is reported instead of losing the rest of the shard in silence.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import tarfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any
+from typing import Any
 
 from webdataset.tariterators import base_plus_ext
 
 from torchseq.errors import CorruptShardError, TorchseqError, UnknownFormatError, located
 from torchseq.sources.base import ShardFault, lost_rest
 from torchseq.sources.fs import STREAM_ERRORS, ShardOpener, open_shard, sniff_container
+from torchseq.sources.plaintar import ClaimsTooMuch, PlainTar
 
 _BLOCK = 512
-_END = bytes(_BLOCK)
-_REGULAR = frozenset({0x30, 0x00, 0x37})  # '0', NUL (old tar), '7' (contiguous)
-_DIRECTORY = 0x35  # '5'
-_PAX = 0x78  # 'x': pax extended header of the next member
-
-
-class UnsupportedTar(Exception):
-    """Internal: this shard needs :mod:`tarfile` (unusual header or damage)."""
-
-
-def plain_members(stream: IO[bytes], *, strict_end: bool = False) -> Iterator[tuple[str, bytes]]:
-    """Yield ``(name, payload)`` for the regular files of an uncompressed tar stream.
-
-    With ``strict_end`` the archive must end with a zero block followed by
-    nothing but zeros (else :class:`UnsupportedTar`, so that the caller's
-    :mod:`tarfile` path reports the damage).
-
-    Raises:
-        UnsupportedTar: a header this reader does not handle, or a truncated archive.
-    """
-    read = stream.read
-    pax_name: bytes | None = None
-    pax_size: int | None = None
-    while True:
-        header = read(_BLOCK)
-        if len(header) < _BLOCK:
-            if not header and not strict_end:
-                return
-            raise UnsupportedTar("truncated header")
-        if header == _END:
-            if strict_end:
-                while chunk := read(1 << 16):
-                    if chunk.count(0) != len(chunk):
-                        raise UnsupportedTar("data after the end-of-archive marker")
-            return
-        # The header checksum, as tarfile checks it (a mismatch, e.g. a
-        # damaged header, goes to tarfile, which reports it).
-        try:
-            checksum = int(header[148:156].strip(b"\0 ") or b"-1", 8)
-        except ValueError:
-            raise UnsupportedTar("bad checksum field") from None
-        if checksum != _header_sum(header):
-            raise UnsupportedTar("header checksum mismatch")
-        size_field = header[124:136]
-        if size_field[0] & 0x80:
-            raise UnsupportedTar("base-256 size")
-        try:
-            size = int(size_field.strip(b"\0 ") or b"0", 8)
-        except ValueError:
-            raise UnsupportedTar("bad size field") from None
-        flag = header[156]
-        padded = (size + _BLOCK - 1) & ~(_BLOCK - 1)
-        if flag == _PAX:
-            # Extended header for the next member (TarWriter writes one per
-            # member when mtime is a float): only path and size matter here.
-            data = read(padded)
-            if len(data) < padded:
-                raise UnsupportedTar("truncated pax header")
-            pax_name, pax_size = _pax_fields(data[:size])
-            continue
-        if pax_name is not None:
-            name = pax_name
-        else:
-            name = header[:100].split(b"\0", 1)[0]
-            if header[257:262] == b"ustar":
-                prefix = header[345:500].split(b"\0", 1)[0]
-                if prefix:
-                    name = prefix + b"/" + name
-        if pax_size is not None:
-            size = pax_size
-            padded = (size + _BLOCK - 1) & ~(_BLOCK - 1)
-        if flag in _REGULAR:
-            data = read(padded)
-            if len(data) < padded:
-                raise UnsupportedTar("truncated member")
-            yield name.decode("utf-8", "surrogateescape"), data[:size]
-        elif flag == _DIRECTORY and size == 0:
-            pass
-        else:
-            raise UnsupportedTar(f"header type {chr(flag)!r}")
-        pax_name = pax_size = None
-
-
-def _header_sum(header: bytes) -> int:
-    """The tar header checksum: 256 plus the sum of the header's bytes outside the checksum field.
-
-    ``sum(header)`` costs ~4 µs in Python, and a pre-tokenized pair has four
-    headers. ``zlib.adler32`` gives the byte sum modulo 65521 in C; it is the
-    exact sum whenever at most 256 bytes are non-zero (the sum is then below
-    65521), which holds for the headers TarWriter writes. Otherwise: ``sum``.
-    """
-    if _BLOCK - header.count(0) <= 256:
-        total = (zlib.adler32(header) - 1) & 0xFFFF
-    else:
-        total = sum(header)
-    return 256 + total - sum(header[148:156])
-
-
-def _pax_fields(data: bytes) -> tuple[bytes | None, int | None]:
-    """``path`` and ``size`` of a pax extended header ("LEN key=value\\n" records)."""
-    name: bytes | None = None
-    size: int | None = None
-    position = 0
-    while position < len(data):
-        space = data.find(b" ", position)
-        if space < 0:
-            raise UnsupportedTar("bad pax record")
-        try:
-            length = int(data[position:space])
-        except ValueError:
-            raise UnsupportedTar("bad pax record") from None
-        if length <= 0:
-            raise UnsupportedTar("bad pax record")
-        key, _, value = data[space + 1 : position + length - 1].partition(b"=")
-        if key == b"path":
-            name = value
-        elif key == b"size":
-            try:
-                size = int(value)
-            except ValueError:
-                raise UnsupportedTar("bad pax size") from None
-        elif key in (b"linkpath", b"GNU.sparse.map", b"GNU.sparse.size"):
-            raise UnsupportedTar(f"pax {key.decode()!r}")
-        position += length
-    return name, size
 
 
 # tarfile lets a few plain exceptions escape from malformed headers (found by fuzzing).
@@ -261,16 +134,20 @@ class _Samples:
                 yield self.done, (key, members, oversize)
 
 
-def local_samples(path: str, skip: int, limit: int) -> Iterator[tuple[int, Any]]:
-    """``items`` for a local uncompressed tar through the fast member reader.
+def local_samples(path: str, shard: str, skip: int, limit: int) -> Iterator[tuple[int, Any]]:
+    """``items`` for a local uncompressed tar (``shard`` in messages) through the fast member reader.
 
     Raises:
         UnsupportedTar, OSError: read the shard with :func:`stream_samples` instead.
+        ShardFault: a header claims more bytes than the file holds.
     """
     samples = _Samples(skip, limit)
     with open(path, "rb", buffering=1 << 20) as stream:
-        entries = ((name, len(data), data) for name, data in plain_members(stream, strict_end=True))
-        yield from samples.group(entries, bytes)
+        plain = PlainTar(stream, os.fstat(stream.fileno()).st_size, shard)
+        try:
+            yield from samples.group(plain.members(strict_end=True), plain.payload)
+        except ClaimsTooMuch as lie:
+            raise lie.fault(shard, samples.done) from None
 
 
 def stream_samples(path: str, opener: ShardOpener, skip: int, limit: int) -> Iterator[tuple[int, Any]]:
@@ -285,7 +162,10 @@ def stream_samples(path: str, opener: ShardOpener, skip: int, limit: int) -> Ite
     def entries(tar: Any, tail: _Tail) -> Iterator[tuple[str, int, Any]]:
         nonlocal member
         last = "(none)"
+        info = None
         while True:
+            if info is not None:
+                _skip_rest(tar, info, f"{path}::{last}")
             member = f"(header at byte {tar.offset})"
             info = tar.next()
             if info is None:
@@ -300,7 +180,14 @@ def stream_samples(path: str, opener: ShardOpener, skip: int, limit: int) -> Ite
     def fetch(tar: Any) -> Any:
         def read(info: tarfile.TarInfo) -> bytes:
             handle = tar.extractfile(info)
-            return handle.read() if handle is not None else b""
+            if handle is None:
+                return b""
+            try:
+                data: bytes = handle.read()  # reads what there is, never allocates the claimed size
+            except tarfile.ReadError:  # "unexpected end of data"
+                raise ClaimsTooMuch(f"{path}::{info.name}", info.size,
+                                    tar.fileobj.tell() - info.offset_data) from None
+            return data
         return read
 
     try:
@@ -312,9 +199,31 @@ def stream_samples(path: str, opener: ShardOpener, skip: int, limit: int) -> Ite
             yield from samples.group(entries(tar, tail), fetch(tar))
     except TorchseqError as exc:
         raise ShardFault(exc, path) from None
+    except ClaimsTooMuch as lie:
+        raise lie.fault(path, samples.done) from None
     except _TAR_ERRORS as exc:
         raise lost_rest(path, f"{path}::{member}", "corrupt or truncated tar", exc,
                         f"the {samples.done} sample(s) before it") from None
+
+
+def _skip_rest(tar: Any, info: tarfile.TarInfo, place: str) -> None:
+    """Read past the rest of ``info``'s data in bounded chunks, as far as the archive goes.
+
+    ``tarfile`` would skip it itself, but in streaming mode it loops over
+    ``size / 10 KiB`` reads even after the stream ended, so a header claiming
+    a terabyte took hours; here the end of the stream ends the skip.
+    """
+    stream = tar.fileobj
+    while (gap := tar.offset - stream.tell()) > 0:
+        if not stream.read(min(gap, 1 << 20)):
+            have = stream.tell() - info.offset_data
+            if have < info.size:
+                raise ClaimsTooMuch(place, info.size, have)
+            raise located(
+                CorruptShardError, place,
+                f"truncated tar: the archive stops at byte {stream.tell()} without an end-of-archive "
+                "marker, so later samples may be missing; re-write or re-download the shard",
+            )
 
 
 def check_head(path: str, head: bytes) -> None:

@@ -12,7 +12,8 @@ Members, per sample ``KEY``:
   header check (plain numeric dtypes only) and read with ``numpy.frombuffer``;
   never ``numpy.load``, never unpickled; ``KEY.negatives.<k>.npy`` -- ids of hard negative ``k``
   (as ``torchseq pretokenize`` writes them);
-* pickle members (``.pyd``, ``.pickle``, ``.pkl``) are refused, never decoded;
+* pickle members (``.pyd``, ``.pickle``, ``.pkl``, ``.pth``, ``.pt``, in any
+  case, also under a compression suffix such as ``.pkl.gz``) are refused, never decoded;
 * anything else is passed through as bytes under its extension.
 
 A sample whose members add up to more than ``max_record_bytes`` is bad input;
@@ -31,18 +32,33 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from torchseq.errors import ShardNotFoundError
 from torchseq.records import Record, RecordFormatError, normalize
-from torchseq.sources.base import ShardSource, decode_json
+from torchseq.sources.base import ShardSource
+from torchseq.sources.jsontext import BOM, decode_json
 from torchseq.sources.manifest import manifest_pad_id, manifest_shards
 from torchseq.sources.npy import decode_npy
-from torchseq.sources.spec import is_url
-from torchseq.sources.tar import UnsupportedTar, local_samples, stream_samples
+from torchseq.sources.plaintar import UnsupportedTar
+from torchseq.sources.spec import is_url, local_file
+from torchseq.sources.tar import local_samples, stream_samples
 
-PICKLE_EXTENSIONS = frozenset({"pyd", "pickle", "pkl"})
+#: Extensions of members that only a pickle loader reads (webdataset's ``pyd`` / ``pickle`` / ``pkl``,
+#: ``torch.save``'s ``pth`` / ``pt``); refused in any case and under any compression suffix.
+PICKLE_EXTENSIONS = frozenset({"pyd", "pickle", "pkl", "pth", "pt"})
+COMPRESSION_EXTENSIONS = frozenset({"gz", "gzip", "bz2", "xz", "lzma", "zst", "zstd", "lz4", "br", "z"})
+
+
+@lru_cache(maxsize=1024)
+def is_pickle(ext: str) -> bool:
+    """Whether a member extension (``pyd``, ``extra.Pickle``, ``x.pkl.gz``, ...) names a pickle."""
+    parts = ext.lower().split(".")
+    while len(parts) > 1 and parts[-1] in COMPRESSION_EXTENSIONS:
+        parts.pop()
+    return parts[-1] in PICKLE_EXTENSIONS
 
 
 def _member_error(message: str, reason: str, place: str) -> RecordFormatError:
@@ -75,8 +91,8 @@ class WebDatasetSource(ShardSource):
             return super().shard_list()
         listed = manifest_shards(directory)
         if listed is not None:
-            return listed
-        found = sorted(str(p) for ext in ("*.tar", "*.tar.gz") for p in Path(directory).glob(ext))
+            return [local_file(p) for p in listed]
+        found = sorted(local_file(str(p)) for ext in ("*.tar", "*.tar.gz") for p in Path(directory).glob(ext))
         if not found:
             raise ShardNotFoundError(f"{directory}: directory holds no index.json and no .tar shards")
         return found
@@ -102,7 +118,7 @@ class WebDatasetSource(ShardSource):
         limit = self.options.max_record_bytes
         if path.endswith(".tar") and not is_url(path) and os.path.isfile(local):
             try:
-                for index, item in local_samples(local, skip, limit):
+                for index, item in local_samples(local, path, skip, limit):
                     skip = index
                     yield index, item
                 return
@@ -128,7 +144,7 @@ class WebDatasetSource(ShardSource):
         tokens: dict[str, Any] = {}
         for ext, data in members.items():
             head, _, last = ext.rpartition(".")
-            if last in PICKLE_EXTENSIONS:
+            if is_pickle(ext):
                 raise _member_error(
                     "pickle member refused: torchseq never unpickles shard content",
                     "unsafe content",
@@ -145,11 +161,12 @@ class WebDatasetSource(ShardSource):
                 except RecordFormatError as exc:
                     raise _member_error(str(exc), exc.reason, f"{path}::{key}.{ext}") from None
             elif last == "txt":
+                bom = 3 if data.startswith(BOM) else 0  # ignored, as in JSON
                 try:
-                    extra[head or "txt"] = data.decode("utf-8")
+                    extra[head or "txt"] = (data[bom:] if bom else data).decode("utf-8")
                 except UnicodeDecodeError as bad:
                     raise _member_error(
-                        f"invalid UTF-8 at byte {bad.start}", "invalid utf-8", f"{path}::{key}.{ext}"
+                        f"invalid UTF-8 at byte {bad.start + bom}", "invalid utf-8", f"{path}::{key}.{ext}"
                     ) from None
             elif last == "npy":
                 tokens[head] = _npy_member(path, key, ext, data)
