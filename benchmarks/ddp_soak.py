@@ -4,8 +4,9 @@ Each run is the test ``tests/pipeline/test_guard.py::test_torchrun_two_ranks_two
 (``--pytest``, the acceptance form) or the same ``torchrun`` job driven directly
 (default: fresh shards and a fresh record-count index per run, every rank's log
 kept). ``--load K`` starts ``K`` busy-loop processes for the duration (each in a
-session of its own, as torchrun starts each rank) and kills them afterwards. Logs go to ``--logs`` (``run-NNN.log``); a summary line per run
-and the totals are printed.
+session of its own, as torchrun starts each rank) and kills them afterwards.
+Logs go to ``--logs`` (``run-NNN.log``); a summary line per run and the
+totals are printed.
 
 Usage::
 
