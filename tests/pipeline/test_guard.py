@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -14,6 +12,7 @@ import pytest
 
 import torchseq as ts
 from tests.conftest import write_jsonl
+from tests.support.launch import torchrun
 from torchseq.context import Context
 from torchseq.errors import BalanceWarning
 
@@ -135,12 +134,9 @@ def test_torchrun_two_ranks_two_workers(uneven_shards, tokenizer_file, tmp_path,
     config.write_text(json.dumps({"shards": uneven_shards, "tokenizer": tokenizer_file}))
     out = tmp_path / "out"
     script = Path(__file__).resolve().parents[1] / "support" / "ddp_script.py"
-    command = [
-        sys.executable, "-m", "torch.distributed.run",  # the torchrun entry point
-        "--nproc_per_node=2", "--standalone", str(script), str(config), str(out),
-    ]
-    done = subprocess.run(command, env=subprocess_env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    done = torchrun(str(script), [str(config), str(out)], subprocess_env, timeout=240)
+    # On a stall the ranks print every stack (tests/support/ddp_script.py): show all of it.
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-60000:]}"
     ranks = [json.loads(Path(f"{out}.{r}.json").read_text()) for r in range(2)]
     source = set(range(sum(SIZES)))
     for name in ranks[0]:
