@@ -32,7 +32,7 @@ from tests.conftest import anchor_index, pair, write_jsonl
 from tests.support.badinput import gzip_bytes, jsonl_bytes
 from tests.support.servers import Faults, serve_files, serve_s3
 from torchseq.context import Context
-from torchseq.errors import BalanceWarning
+from torchseq.errors import BalanceWarning, IndexWarning
 from torchseq.sources.index import INDEX_NAME, INDEX_VERSION, index_paths, shard_counts
 from torchseq.tools.sample import data_dir
 
@@ -129,7 +129,7 @@ def build_index_elsewhere(shards: list[str]) -> None:
 
 
 def index_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
-    return [str(w.message) for w in caught if issubclass(w.category, ts.IndexWarning)]
+    return [str(w.message) for w in caught if issubclass(w.category, IndexWarning)]
 
 
 # ------------------------------------------------------------------ 1. faults while counting
@@ -289,7 +289,7 @@ def test_shard_longer_than_its_count(http_shards: tuple[str, dict[str, bytes]]) 
     assert pipe.balance_report(world_size=2, epoch=1)["records"] == 40
     assert pipe.balance_report(world_size=2, epoch=2)["records"] == 44
     with warnings.catch_warnings():
-        warnings.simplefilter("error", ts.IndexWarning)
+        warnings.simplefilter("error", IndexWarning)
         epoch2 = run_everywhere(pipe, 2, 2, epoch=2)
     assert [b for b, _ in epoch2] == [6, 6]
     assert sorted(g for _, gs in epoch2 for g in gs) == [*range(14), *range(100, 130)]
@@ -325,7 +325,7 @@ def test_shard_counted_empty_that_holds_records(http_shards: tuple[str, dict[str
     pipe = http_pipe(url)
     assert len(pipe.with_topology(0, 2)) == 4
     files["/d/a.jsonl"] = jsonl_bytes([5, 6])
-    with pytest.warns(ts.IndexWarning, match=r"a\.jsonl: the shard holds 2 records, its record-count index says 0"):
+    with pytest.warns(IndexWarning, match=r"a\.jsonl: the shard holds 2 records, its record-count index says 0"):
         epoch0 = run_everywhere(pipe, 2, 1, epoch=0)
     assert sorted(g for _, gs in epoch0 for g in gs) == list(range(100, 130))
     assert sorted(g for _, gs in run_everywhere(pipe, 2, 1, epoch=1) for g in gs) == [5, 6, *range(100, 130)]
