@@ -115,7 +115,7 @@ class BalanceWarning(UserWarning):
 
 
 class IndexWarning(UserWarning):
-    """The record-count index was wrong or not trusted: a shard held another number of records, or an entry was invalid."""
+    """The record-count index was wrong or not trusted: a shard held another number of records, or an entry was bad."""
 
 
 class RecordLevelSplitWarning(UserWarning):

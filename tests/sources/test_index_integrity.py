@@ -390,3 +390,83 @@ def test_index_dir_option_takes_precedence(make_shards: Any, tmp_path: Path, mon
     assert not (private_cache / "index").exists()
     with pytest.raises(ts.ConfigError, match="index_dir must be a path"):
         ts.read_jsonl(shards, index_dir=3)
+
+
+# ------------------------------------------------------------------ 2. under real torchrun, 2 ranks x 2 workers
+DDP_SCRIPT = '''
+import json, sys
+from datetime import timedelta
+import torch, torch.distributed as dist
+from torch.utils.data import DataLoader
+import torchseq as ts
+
+config, out = json.loads(open(sys.argv[1]).read()), sys.argv[2]
+dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+result = {}
+for name, shards in config.items():
+    pipe = ts.read_jsonl(shards, retry=ts.RetryPolicy(attempts=2, initial_delay=0.001)).batch(4)
+    epochs = []
+    for epoch in (0, 1):
+        pipe.set_epoch(epoch)
+        got, steps = [], 0
+        for batch in DataLoader(pipe, batch_size=None, num_workers=2):
+            dist.all_reduce(torch.ones(1))  # a rank that runs short leaves the other waiting here
+            steps += 1
+            got.extend(int(r["anchor"].split()[1]) for r in batch)
+        epochs.append({"len": len(pipe), "steps": steps, "got": got,
+                       "index": pipe.stats().counters.get("index")})
+    result[name] = epochs
+json.dump(result, open(f"{out}.{dist.get_rank()}.json", "w"))
+dist.destroy_process_group()
+'''
+
+
+def test_grown_shards_under_torchrun(tmp_path: Path, subprocess_env: dict[str, str],
+                                     private_cache: Path) -> None:
+    """A local shard rewritten with the same size and mtime, and an HTTP shard (no validators) that grew
+    behind the server: every record is delivered once per epoch, ranks stay in step, and what the plan
+    could not hold is said and delivered the next epoch."""
+    from tests.support.launch import torchrun
+
+    before, after = same_size(list(range(10)), list(range(14)))
+    local = tmp_path / "local"
+    local.mkdir()
+    grown = local / "grows.jsonl"
+    grown.write_bytes(before)
+    local_spec = [str(grown), write_jsonl(local / "other.jsonl", [pair(i) for i in range(100, 130)])]
+    files = {"/d/a.jsonl": before, "/d/b.jsonl": jsonl_bytes(range(100, 130))}
+    with serve_files(files, Faults()) as url:
+        http_spec = [url + "/d/a.jsonl", url + "/d/b.jsonl"]
+        for spec in (local_spec, http_spec):
+            build_index_elsewhere(spec)  # 10 + 30 records
+        stat = grown.stat()
+        grown.write_bytes(after)
+        os.utime(grown, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        files["/d/a.jsonl"] = after
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps({"local": local_spec, "http": http_spec}))
+        script = tmp_path / "grown_script.py"
+        script.write_text(DDP_SCRIPT)
+        subprocess_env["TORCHSEQ_CACHE_DIR"] = str(private_cache)
+        done = torchrun(str(script), [str(config), str(tmp_path / "out")], subprocess_env, timeout=240)
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    ranks = [json.loads((tmp_path / f"out.{r}.json").read_text()) for r in range(2)]
+    everything = [*range(14), *range(100, 130)]
+    for name in ("local", "http"):
+        epochs = list(zip(ranks[0][name], ranks[1][name], strict=True))
+        for first, second in epochs:
+            assert first["steps"] == second["steps"] == first["len"] == second["len"], name
+        delivered = [Counter(first["got"] + second["got"]) for first, second in epochs]
+        assert all(set(d.values()) == {1} for d in delivered), name
+        assert sorted(delivered[1]) == everything, name  # the second epoch has every record
+        if name == "local":  # st_ctime changed: counted again before planning, nothing lost
+            assert sorted(delivered[0]) == everything
+            assert [e["index"] for e in ranks[0][name] + ranks[1][name]] == [None] * 4
+            continue
+        assert sorted(delivered[0]) == [*range(10), *range(100, 130)]  # planned from 40 records
+        assert [e["len"] for e in epochs[0]] == [5, 5] and [e["len"] for e in epochs[1]] == [6, 6]
+        undelivered = sum((r[name][0]["index"] or {}).get("undelivered", 0) for r in ranks)
+        assert undelivered == 4
+    assert done.stderr.count(f"{url}/d/a.jsonl: the shard holds 14 records, its record-count index "
+                             "says 10: 4 record(s) past the 10th were not delivered this epoch") == 1
+    assert "grows.jsonl" not in done.stderr
