@@ -280,7 +280,7 @@ def test_shard_longer_than_its_count(http_shards: tuple[str, dict[str, bytes]]) 
         epoch1 = run_everywhere(pipe, 2, 2, epoch=1)
     (message,) = index_warnings(caught)
     assert message.startswith(f"{url}/d/a.jsonl: the shard holds 14 records, its record-count index says 10")
-    assert "4 record(s) past the 10th were not delivered this epoch" in message
+    assert "4 record(s) after the first 10 were not delivered this epoch" in message
     assert [b for b, _ in epoch1] == [b for b, _ in epoch0] == [5, 5]
     got = Counter(g for _, gs in epoch1 for g in gs)
     assert set(got.values()) == {1} and set(got) == {*range(10), *range(100, 130)}
@@ -468,5 +468,5 @@ def test_grown_shards_under_torchrun(tmp_path: Path, subprocess_env: dict[str, s
         undelivered = sum((r[name][0]["index"] or {}).get("undelivered", 0) for r in ranks)
         assert undelivered == 4
     assert done.stderr.count(f"{url}/d/a.jsonl: the shard holds 14 records, its record-count index "
-                             "says 10: 4 record(s) past the 10th were not delivered this epoch") == 1
+                             "says 10: 4 record(s) after the first 10 were not delivered this epoch") == 1
     assert "grows.jsonl" not in done.stderr

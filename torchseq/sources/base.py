@@ -345,7 +345,7 @@ class _Reading(Running):
         lost = f"{extra} record(s)" if actual is not None else f"at least {extra} record(s) (the rest is unreadable)"
         warnings.warn(
             f"{path}: the shard holds {holds} records, its record-count index says {planned}: "
-            f"{lost} past the {planned}th were not delivered this epoch (its plan was made from the "
+            f"{lost} after the first {planned} were not delivered this epoch (its plan was made from the "
             "count); the count is corrected for the next epoch. Rewrite shards under a new name, or run "
             "`torchseq index --rebuild SPEC` after changing them in place",
             IndexWarning, stacklevel=2,
