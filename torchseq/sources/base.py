@@ -23,21 +23,19 @@ exact.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from torchseq.context import Context
-from torchseq.errors import CorruptShardError, ErrorPolicy, IndexWarning, TorchseqError, data_error, located
+from torchseq.errors import CorruptShardError, ErrorPolicy, TorchseqError, data_error, located
 from torchseq.plan import WorkerPlan, assign_shards, check_plan_shards
 from torchseq.protocol import Counters, Running
 from torchseq.records import Record, RecordFormatError
 from torchseq.sources.fs import PIPE_PREFIX, check_pipe
-from torchseq.sources.index_store import correct
+from torchseq.sources.index_check import IndexCheck
 from torchseq.sources.options import ReaderOptions
 from torchseq.sources.spec import ShardSpec, expand_spec, spec_items
 from torchseq.state import State, check_field
@@ -186,7 +184,7 @@ class _Reading(Running):
     """A shard source at work: the reading loop, its cursor and its counters."""
 
     __slots__ = ("source", "shards", "plan", "range", "index", "ordinal", "counter", "first_counter",
-                 "policy", "bad", "empty", "undelivered", "missing", "label")
+                 "policy", "bad", "empty", "check", "label")
 
     def __init__(
         self, source: ShardSource, shards: list[str], plan: WorkerPlan, state: State, probe: tuple[int, ...]
@@ -203,8 +201,7 @@ class _Reading(Running):
         self.policy = ErrorPolicy(options.on_error, options.max_errors, options.max_error_rate)
         self.bad = 0  # items this run owned that did not decode
         self.empty = 0  # shards that held no items
-        self.undelivered = 0  # items past their shard's planned count (the index was wrong)
-        self.missing = 0  # planned items their shard did not hold (the index was wrong)
+        self.check = IndexCheck(source, plan, ShardFault)  # a shard that holds another count than planned
         self.label = source.label()
         self.iterator = self._records(probe)
 
@@ -234,16 +231,13 @@ class _Reading(Running):
         stride, offset = self.plan.stride, self.plan.offset
         records = _owned(self.counter, stride, offset) - _owned(self.first_counter, stride, offset) - self.bad
         policy = self.policy
-        out: Counters = {
+        return {
             "records": records,
-            "empty_shards": self.empty,
+            "empty_shards": self.empty, **self.check.counters(),
             "skipped": dict(policy.counts),
             "errors": [[e.place, e.reason, e.message[:200]] for e in policy.errors[:STATS_ERRORS_PER_WORKER]],
             "sources": {self.label: records},
         }
-        if self.undelivered or self.missing:
-            out["index"] = {"undelivered": self.undelivered, "missing": self.missing}
-        return out
 
     def _inputs(self) -> int:
         stride, offset = self.plan.stride, self.plan.offset
@@ -254,7 +248,6 @@ class _Reading(Running):
         decode, items = source.decode, source.items
         plan = self.plan
         stride, offset, ranges = plan.stride, plan.offset, plan.ranges
-        counts = plan.counts  # balanced plans: reading checks the record-count index
         path = ""
         if probe:
             self._probe(probe)
@@ -262,13 +255,11 @@ class _Reading(Running):
             position = self.range
             shard, start, end = ranges[position]
             path = shards[shard]
-            shard_items = items(path, self.index)
             try:
-                for index, item in shard_items:
+                for index, item in items(path, self.index):
                     ordinal = self.ordinal
                     if end is not None and ordinal >= end:
-                        if counts and end == counts[shard]:
-                            self._longer(path, end, shard_items)
+                        self.check.past(shard, path, end)
                         break  # a balanced share may end inside a shard
                     self.index = index
                     self.ordinal = ordinal + 1
@@ -290,9 +281,7 @@ class _Reading(Running):
                         policy.handle(exc, source.place(path, index, item), self._inputs())
                         continue
                     yield record
-                else:
-                    if counts and end is not None and self.ordinal < end:
-                        self._shorter(path, counts[shard], self.ordinal, end - max(start, self.ordinal))
+                self.check.short(shard, path, start, end, self.ordinal)
                 if self.ordinal == 0 and start == 0 and end != 0 and position % stride == offset:
                     self.empty += 1  # a valid shard without records: not an error, but counted
             except ShardFault as fault:
@@ -313,52 +302,14 @@ class _Reading(Running):
 
         Each is either validly empty (counted), broken (a missing file, not
         decompressible, not the format: its fault is reported here, once per
-        epoch, as reading it would have), or holds items after all (the count
-        was wrong: reported, and corrected for the next epoch).
+        epoch, as reading it would have), or not empty after all (reported).
         """
         for shard in empty:
-            path = self.shards[shard]
-            shard_items = self.source.items(path, 0)
             try:
-                for _ in shard_items:
-                    self._longer(path, 0, shard_items)
+                for _ in self.source.items(self.shards[shard], 0):
+                    self.check.past(shard, self.shards[shard], 0)  # counted 0 items a moment ago
                     break
                 else:
                     self.empty += 1
             except ShardFault as fault:
                 self.policy.handle(fault.error, fault.place, 0)
-
-    def _longer(self, path: str, planned: int, rest: Iterator[Any]) -> None:
-        """``path`` has an item past the ``planned`` it counted: count the rest, say so, correct the index.
-
-        The plan of this epoch cannot grow (every rank plans it alike), so the
-        extra items are not delivered this epoch; the next one plans them.
-        """
-        extra = 1
-        actual: int | None = None  # unreadable further on: the next epoch counts it again
-        with contextlib.suppress(ShardFault):
-            for _ in rest:
-                extra += 1
-            actual = planned + extra
-        self.undelivered += extra
-        holds = f"{actual}" if actual is not None else f"more than {planned}"
-        lost = f"{extra} record(s)" if actual is not None else f"at least {extra} record(s) (the rest is unreadable)"
-        warnings.warn(
-            f"{path}: the shard holds {holds} records, its record-count index says {planned}: "
-            f"{lost} after the first {planned} were not delivered this epoch (its plan was made from the "
-            "count); the count is corrected for the next epoch. Rewrite shards under a new name, or run "
-            "`torchseq index --rebuild SPEC` after changing them in place",
-            IndexWarning, stacklevel=2,
-        )
-        correct(self.source.options, type(self.source).__name__, path, self.plan.epoch, planned, actual)
-
-    def _shorter(self, path: str, planned: int, actual: int, missing: int) -> None:
-        """``path`` ended after ``actual`` items, ``missing`` items before the end of this worker's range."""
-        self.missing += missing
-        warnings.warn(
-            f"{path}: the shard holds {actual} records, its record-count index says {planned}: "
-            f"{missing} record(s) planned for this worker were not there (under DDP the step guard "
-            "evens out the batches); the count is corrected for the next epoch",
-            IndexWarning, stacklevel=2,
-        )
-        correct(self.source.options, type(self.source).__name__, path, self.plan.epoch, planned, actual)
