@@ -123,6 +123,10 @@ class BalanceWarning(UserWarning):
     """A worker produced a different number of batches than planned; the step guard evened it out."""
 
 
+class IndexWarning(UserWarning):
+    """The record-count index was wrong or not trusted: a shard held another number of records, or an entry was bad."""
+
+
 class RecordLevelSplitWarning(UserWarning):
     """Fewer shards than global workers: work is split per record."""
 

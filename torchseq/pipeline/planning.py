@@ -41,17 +41,20 @@ def batching_quantum(stages: Sequence[Any]) -> tuple[int, bool]:
     return int(quantum), bool(drop_last)
 
 
-def epoch_plan(source: Any, stages: Sequence[Any], policy: str, ctx: Context) -> EpochPlan | None:
+def epoch_plan(
+    source: Any, stages: Sequence[Any], policy: str, ctx: Context, *, settle: bool = False
+) -> EpochPlan | None:
     """The plan of ``ctx.epoch`` for a pipeline; ``None`` when it is not balanced.
 
-    Counts come from :mod:`torchseq.sources.index` (counted once, then cached).
+    Counts come from :mod:`torchseq.sources.index` (counted once, then cached);
+    ``settle``: an iteration of ``ctx.epoch`` starts (see ``shard_counts``).
     """
     if policy == OFF or not isinstance(source, ShardSource):
         return None
     quantum, drop_last = batching_quantum(stages)
     effective = "drop" if drop_last and policy == "partial" else policy
     shards = source.shard_list()
-    counts = shard_counts(source, shards)
+    counts = shard_counts(source, shards, epoch=ctx.epoch, settle=settle)
     seed = source.shuffle_seed
     return EpochPlan(counts, ctx.world_size, quantum, effective, ctx.epoch,
                      lambda epoch: shard_order(len(shards), epoch, seed))
@@ -65,7 +68,7 @@ def worker_plan(source: Any, stages: Sequence[Any], policy: str, ctx: Context) -
     """
     if ctx.num_global_workers == 1 and policy == "partial":
         return None
-    plan = epoch_plan(source, stages, policy, ctx)
+    plan = epoch_plan(source, stages, policy, ctx, settle=True)
     return plan.worker_plan(ctx.rank, ctx.worker, ctx.num_workers) if plan is not None else None
 
 

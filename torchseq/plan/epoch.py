@@ -42,6 +42,9 @@ class WorkerPlan:
         guard: hold the batch count exactly (``world_size > 1``).
         empty_shards: shards that counted no records (a balanced plan gives
             them to no one; one worker opens them to report a broken one).
+        counts: records per shard the plan was made from (balanced plans;
+            reading checks them: a range that reaches a shard's count ends it).
+        epoch: the epoch planned.
     """
 
     ranges: tuple[Range, ...]
@@ -56,6 +59,8 @@ class WorkerPlan:
     policy: str | None = None
     guard: bool = False
     empty_shards: tuple[int, ...] = ()
+    counts: tuple[int, ...] = ()
+    epoch: int = 0
 
     @property
     def shards(self) -> tuple[int, ...]:
@@ -162,6 +167,8 @@ class EpochPlan:
             policy=lay.policy,
             guard=lay.world_size > 1,
             empty_shards=tuple(i for i, n in enumerate(self.counts) if n == 0),
+            counts=tuple(self.counts),
+            epoch=lay.epoch,
         )
 
     def report(self) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from torchseq.protocol import Counters, Running
 from torchseq.records import Record, RecordFormatError
 from torchseq.sources.fs import PIPE_PREFIX, check_pipe
 from torchseq.sources.identity import check_shard_list, shard_stamps
+from torchseq.sources.index_check import IndexCheck
 from torchseq.sources.jsontext import decode_json as decode_json  # re-exported for torchseq.tools
 from torchseq.sources.options import ReaderOptions
 from torchseq.sources.spec import ShardSpec, expand_spec, spec_items
@@ -196,7 +197,7 @@ class _Reading(Running):
     """A shard source at work: the reading loop, its cursor and its counters."""
 
     __slots__ = ("source", "shards", "plan", "identity", "range", "index", "ordinal", "counter", "first_counter",
-                 "policy", "bad", "empty", "label")
+                 "policy", "bad", "empty", "check", "label")
 
     def __init__(
         self, source: ShardSource, shards: list[str], plan: WorkerPlan, state: State, probe: tuple[int, ...],
@@ -217,6 +218,7 @@ class _Reading(Running):
         self.policy = ErrorPolicy(options.on_error, options.max_errors, options.max_error_rate)
         self.bad = 0  # items this run owned that did not decode
         self.empty = 0  # shards that held no items
+        self.check = IndexCheck(source, plan, ShardFault)  # a shard that holds another count than planned
         self.label = source.label()
         self.iterator = self._records(probe)
 
@@ -315,7 +317,7 @@ class _Reading(Running):
         policy = self.policy
         return {
             "records": records,
-            "empty_shards": self.empty,
+            "empty_shards": self.empty, **self.check.counters(),
             "skipped": dict(policy.counts),
             "errors": [[e.place, e.reason, e.message[:200]] for e in policy.errors[:STATS_ERRORS_PER_WORKER]],
             "sources": {self.label: records},
@@ -341,6 +343,7 @@ class _Reading(Running):
                 for index, item in items(path, self.index):
                     ordinal = self.ordinal
                     if end is not None and ordinal >= end:
+                        self.check.past(shard, path, end)
                         break  # a balanced share may end inside a shard
                     self.index = index
                     self.ordinal = ordinal + 1
@@ -362,6 +365,7 @@ class _Reading(Running):
                         policy.handle(exc, source.place(path, index, item), self._inputs())
                         continue
                     yield record
+                self.check.short(shard, path, start, end, self.ordinal)
                 if self.ordinal == 0 and start == 0 and end != 0 and position % stride == offset:
                     self.empty += 1  # a valid shard without records: not an error, but counted
             except ShardFault as fault:
@@ -380,14 +384,15 @@ class _Reading(Running):
     def _probe(self, empty: tuple[int, ...]) -> None:
         """Open the shards a balanced plan gave to no one (they counted 0 items).
 
-        Each is either validly empty (counted) or broken (a missing file, not
-        decompressible, not the format): its fault is reported here, once per
-        epoch, as reading it would have.
+        Each is either validly empty (counted), broken (a missing file, not
+        decompressible, not the format: its fault is reported here, once per
+        epoch, as reading it would have), or not empty after all (reported).
         """
         for shard in empty:
             try:
                 for _ in self.source.items(self.shards[shard], 0):
-                    break  # counted 0 items a moment ago: nothing to deliver
+                    self.check.past(shard, self.shards[shard], 0)  # counted 0 items a moment ago
+                    break
                 else:
                     self.empty += 1
             except ShardFault as fault:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,10 @@ class ReaderOptions:
         retry: how remote reads retry transient faults (:class:`~torchseq.RetryPolicy`).
         allow_pipe: allow ``pipe:COMMAND`` specs, which run a shell command.
         name: label of this source in ``stats().sources``.
+        index_dir: the directory that holds the record-count index of these
+            shards (one file per shard directory); default ``$TORCHSEQ_INDEX_DIR``,
+            else beside the shards or in the cache directory (see
+            :mod:`torchseq.sources.index_store`).
 
     Raises:
         ConfigError: an option is invalid.
@@ -57,6 +62,7 @@ class ReaderOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     allow_pipe: bool = False
     name: str | None = None
+    index_dir: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -68,6 +74,11 @@ class ReaderOptions:
         if self.storage_options is not None and not isinstance(self.storage_options, Mapping):
             raise ConfigError(f"storage_options must be a dict, got {type(self.storage_options).__name__}")
         set_(self, "storage_options", dict(self.storage_options) if self.storage_options else None)
+        if self.index_dir is not None:
+            path = os.fspath(self.index_dir) if isinstance(self.index_dir, (str, os.PathLike)) else None
+            if not isinstance(path, str) or not path:
+                raise ConfigError(f"index_dir must be a path (str or os.PathLike), got {self.index_dir!r}")
+            set_(self, "index_dir", os.path.abspath(path))
         if self.retry is None:
             set_(self, "retry", RetryPolicy())
         elif not isinstance(self.retry, RetryPolicy):
