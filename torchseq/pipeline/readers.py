@@ -28,7 +28,7 @@ def read_jsonl(spec: ShardSpec, fields: Mapping[str, str] | None = None, on_erro
             fraction of its inputs stops, judged once it has seen 1,000 inputs;
             ``None``: no limit.
         **options: the other reader options, keyword only: ``max_record_bytes``,
-            ``storage_options``, ``retry``, ``allow_pipe``, ``name`` (see
+            ``storage_options``, ``retry``, ``allow_pipe``, ``index_dir``, ``name`` (see
             :class:`~torchseq.sources.options.ReaderOptions`).
 
     Raises:
