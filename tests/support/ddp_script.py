@@ -13,7 +13,19 @@ rank (``faulthandler``) and of its DataLoader workers (``py-spy dump`` when
 ``faulthandler`` on ``SIGUSR1``). The watchdog also says when its own 1 s
 sleep took over 5 s: then the machine did not run the rank at all (CPU
 starvation or a paused VM), whatever the stacks show. Every rank logs its
-phases to stderr (``ddp rank R HH:MM:SS.mmm +SECONDS: ...``).
+phases to stderr (``ddp rank R HH:MM:SS.mmm +SECONDS: ...``), and the
+kernel's view of each worker thread (state, wait channel, kernel stack).
+
+The workers start with ``forkserver`` (``TORCHSEQ_DDP_START`` picks another
+method). With ``fork``, about 1 run in 40 under CPU load hung: a worker forked
+for a new iteration sat in a futex before ``_worker_loop`` began (its thread
+still named ``python``, one thread, py-spy unable to read its interpreter
+state). That is CPython's gh-112275 on this 3.11.7: a child forked while another
+thread of the parent holds the runtime's ``HEAD_LOCK`` (here the queue feeder
+threads of the previous iteration, exiting) deadlocks in
+``PyOS_AfterFork_Child``. A fork server is single-threaded, so the workers it
+forks cannot inherit a held lock. ``benchmarks/ddp_soak.py`` reproduces the
+hang with ``TORCHSEQ_DDP_START=fork``.
 
 Usage: ``torchrun --nproc_per_node=2 ddp_script.py CONFIG.json OUT``
 """
@@ -41,6 +53,7 @@ import torchseq as ts
 from torchseq.errors import BalanceWarning
 
 STALL = float(os.environ.get("TORCHSEQ_DDP_STALL", "20"))
+CONTEXT = os.environ.get("TORCHSEQ_DDP_START", "forkserver")
 START = time.monotonic()
 
 
@@ -115,6 +128,7 @@ class Watchdog:
         faulthandler.dump_traceback(file=2, all_threads=True)  # written by C, no Python lock
         spy = os.environ.get("TORCHSEQ_PY_SPY") or shutil.which("py-spy")
         for pid in workers:
+            log(f"worker {pid} as the kernel sees it:\n{kernel_view(pid)}")
             if spy:
                 try:
                     done = subprocess.run([spy, "dump", "--native", "--pid", str(pid)], capture_output=True,
@@ -130,6 +144,32 @@ class Watchdog:
                     log(f"worker {pid}: {exc!r}")
 
 
+def kernel_view(pid: int) -> str:
+    """State, wait channel and kernel stack of each thread of ``pid`` (what py-spy cannot show)."""
+    lines: list[str] = []
+    try:
+        tasks = sorted(os.listdir(f"/proc/{pid}/task"))
+    except OSError as exc:
+        return f"  gone: {exc!r}"
+    for task in tasks:
+        base = f"/proc/{pid}/task/{task}"
+        parts = []
+        for name in ("comm", "wchan", "stack"):
+            try:
+                with open(f"{base}/{name}") as f:
+                    parts.append(f.read().strip())
+            except OSError as exc:
+                parts.append(f"({name}: {exc.strerror})")
+        try:
+            with open(f"{base}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            state = "?"
+        comm, wchan, stack = parts
+        lines.append(f"  thread {task} {comm!r} state {state} wchan {wchan}\n    " + stack.replace("\n", "\n    "))
+    return "\n".join(lines)
+
+
 def worker_init(worker_id: int) -> None:
     faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
 
@@ -138,6 +178,10 @@ def guids(batch: Any) -> list[int]:
     if isinstance(batch, dict):
         return [int(g) for g in batch["guid"]]
     return [int(r["guid"]) for r in batch]
+
+
+def not_a_multiple_of_7(record: dict[str, Any]) -> bool:
+    return bool(record["guid"] % 7)
 
 
 def scenarios(shards: list[str], tokenizer: str) -> dict[str, tuple[Any, int]]:
@@ -151,7 +195,7 @@ def scenarios(shards: list[str], tokenizer: str) -> dict[str, tuple[Any, int]]:
         "batch-wrap": (read.batch(16).balance("wrap"), 3),
         "tokens-partial": (tokens.batch_by_tokens(max_tokens=640, pool_size=256).collate(), 1),
         # A filter the record counts cannot foresee: the step guard repeats batches.
-        "filter-partial": (read.filter(lambda r: r["guid"] % 7 != 0).batch(16), 1),
+        "filter-partial": (read.filter(not_a_multiple_of_7).batch(16), 1),
     }
 
 
@@ -164,7 +208,8 @@ def main(config_path: str, out: str) -> None:
     log(f"process group ready, {process_age():.1f}s after the process started")
     results: dict[str, Any] = {}
     for name, (pipe, epochs) in scenarios(config["shards"], config["tokenizer"]).items():
-        loader = DataLoader(pipe, batch_size=None, num_workers=2, worker_init_fn=worker_init)
+        loader = DataLoader(pipe, batch_size=None, num_workers=2, worker_init_fn=worker_init,
+                            multiprocessing_context=CONTEXT)
         runs = []
         for epoch in range(epochs):
             pipe.set_epoch(epoch)
