@@ -21,8 +21,8 @@ method). With ``fork``, about 1 run in 40 under CPU load hung: a worker forked
 for a new iteration sat in a futex before ``_worker_loop`` began (its thread
 still named ``python``, one thread, py-spy unable to read its interpreter
 state). That is CPython's gh-112275 on this 3.11.7: a child forked while another
-thread of the parent holds the runtime's ``HEAD_LOCK`` (here the queue feeder
-threads of the previous iteration, exiting) deadlocks in
+thread of the parent holds the runtime's ``HEAD_LOCK`` (most likely the queue
+feeder threads of the previous iteration, exiting) deadlocks in
 ``PyOS_AfterFork_Child``. A fork server is single-threaded, so the workers it
 forks cannot inherit a held lock. ``benchmarks/ddp_soak.py`` reproduces the
 hang with ``TORCHSEQ_DDP_START=fork``.
