@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -202,6 +203,8 @@ def scenarios(shards: list[str], tokenizer: str) -> dict[str, tuple[Any, int]]:
 def main(config_path: str, out: str) -> None:
     with open(config_path) as f:
         config = json.load(f)
+    if CONTEXT == "forkserver":  # the server imports these once; each worker forked from it starts at once
+        multiprocessing.set_forkserver_preload(["torch", "torchseq", "tokenizers"])
     watchdog = Watchdog()
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank = dist.get_rank()
