@@ -13,6 +13,7 @@ import pytest
 import torchseq as ts
 from tests.conftest import write_jsonl
 from tests.support.launch import torchrun
+from tests.support.topology import run_everywhere
 from torchseq.context import Context
 from torchseq.errors import BalanceWarning
 
@@ -35,27 +36,6 @@ def uneven_shards(tmp_path: Path) -> list[str]:
         paths.append(write_jsonl(tmp_path / f"part-{k:03d}.jsonl.gz", rows(start, size)))
         start += size
     return paths
-
-
-def guids_of(batch: Any) -> list[int]:
-    if isinstance(batch, list):  # a batch of records
-        return [int(r["guid"]) for r in batch]
-    if isinstance(batch["guid"], list):  # a collated batch
-        return [int(g) for g in batch["guid"]]
-    return [int(batch["guid"])]  # a record
-
-
-def run_everywhere(pipe: ts.Pipeline, world_size: int, num_workers: int, epoch: int = 0) -> list[tuple[int, list[int]]]:
-    """``(batches, guids)`` per rank, running every worker of every rank in this process."""
-    out = []
-    for rank in range(world_size):
-        batches, delivered = 0, []
-        for worker in range(num_workers):
-            for batch in pipe.iterate(Context(rank, world_size, worker, num_workers, epoch, 0)):
-                batches += 1
-                delivered.extend(guids_of(batch))
-        out.append((batches, delivered))
-    return out
 
 
 @pytest.mark.parametrize(("world_size", "num_workers"), [(2, 2), (3, 3)])

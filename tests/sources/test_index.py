@@ -17,13 +17,7 @@ import torchseq as ts
 from tests.conftest import pair, write_jsonl
 from torchseq.sources.index import INDEX_NAME, index_paths, shard_counts
 
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path_factory.mktemp("cache")
-    monkeypatch.setenv("TORCHSEQ_CACHE_DIR", str(cache))
-    monkeypatch.delenv("TORCHSEQ_INDEX_DIR", raising=False)
-    return cache
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/sources/conftest.py
 
 
 def source_of(pipe: ts.Pipeline) -> ts.sources.ShardSource:

@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader
 import torchseq as ts
 from tests.conftest import anchor_index, pair, write_jsonl
 from tests.support.badinput import gzip_bytes, jsonl_bytes
-from tests.support.servers import Faults, serve_files, serve_s3
-from torchseq.context import Context
+from tests.support.servers import Faults, s3_bucket, serve_files
+from tests.support.topology import run_everywhere
 from torchseq.errors import BalanceWarning, IndexWarning
 from torchseq.sources.index import INDEX_NAME, INDEX_VERSION, index_paths, shard_counts
 from torchseq.tools.sample import data_dir
@@ -41,12 +41,7 @@ FAST = ts.RetryPolicy(attempts=2, initial_delay=0.001, max_delay=0.002, request_
 BUCKET = "counts"
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path_factory.mktemp("cache")
-    monkeypatch.setenv("TORCHSEQ_CACHE_DIR", str(cache))
-    monkeypatch.delenv("TORCHSEQ_INDEX_DIR", raising=False)
-    return cache
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/sources/conftest.py
 
 
 # ------------------------------------------------------------------ helpers
@@ -64,19 +59,6 @@ def delivered(pipe: ts.Pipeline, epoch: int, num_workers: int = 2) -> list[int]:
     out: list[int] = []
     for batch in DataLoader(pipe, batch_size=None, num_workers=num_workers):
         out.extend(guids(batch))
-    return out
-
-
-def run_everywhere(pipe: ts.Pipeline, world_size: int, num_workers: int, epoch: int) -> list[tuple[int, list[int]]]:
-    """``(batches, anchor indexes)`` per rank, every worker of every rank run in this process."""
-    out = []
-    for rank in range(world_size):
-        batches, got = 0, []
-        for worker in range(num_workers):
-            for batch in pipe.iterate(Context(rank, world_size, worker, num_workers, epoch, 0)):
-                batches += 1
-                got.extend(guids(batch))
-        out.append((batches, got))
     return out
 
 
@@ -102,17 +84,7 @@ def store(kind: str, files: dict[str, bytes], faults: Faults) -> Iterator[tuple[
         with serve_files(files, faults) as url:
             yield [url + path for path in files], {}
         return
-    import boto3
-
-    with serve_s3(faults, prefix=f"/{BUCKET}/") as endpoint:
-        options = {"endpoint_url": endpoint, "key": "testing", "secret": "not-a-real-secret",
-                   "client_kwargs": {"region_name": "us-east-1"}, "skip_instance_cache": True,
-                   "config_kwargs": {"retries": {"total_max_attempts": 1}}}
-        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                              aws_secret_access_key="not-a-real-secret", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        for path, data in files.items():
-            client.put_object(Bucket=BUCKET, Key=path.rpartition("/")[2], Body=data)
+    with s3_bucket(BUCKET, faults, objects={p.rpartition("/")[2]: d for p, d in files.items()}) as (options, _):
         yield [f"s3://{BUCKET}/{path.rpartition('/')[2]}" for path in files], {"storage_options": options}
 
 
@@ -203,7 +175,7 @@ def test_same_size_same_mtime_rewrite_is_counted_again(tmp_path: Path) -> None:
     os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert (shard.stat().st_size, shard.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
     assert shard_counts(source_of(pipe)) == [14, 30]
-    per_rank = run_everywhere(pipe, 2, 2, epoch=0)
+    per_rank = run_everywhere(pipe, 2, 2, key=guids, epoch=0)
     assert [b for b, _ in per_rank] == [6, 6]
     assert sorted(g for _, got in per_rank for g in got) == [*range(14), *range(100, 130)]
 
@@ -238,7 +210,7 @@ def test_hand_edited_entries_are_not_trusted(make_shards: Any, tmp_path: Path, e
     (message,) = index_warnings(caught.list)
     assert message.startswith(f"{index}: ") and name in message and "counted again" in message
     assert shard_counts(source_of(later)) == [17, 30]  # rewritten: no warning the second time
-    assert sorted(g for _, got in run_everywhere(later, 2, 2, epoch=0) for g in got) == list(range(47))
+    assert sorted(g for _, got in run_everywhere(later, 2, 2, key=guids, epoch=0) for g in got) == list(range(47))
 
 
 @pytest.mark.parametrize("content", ['{"version": V, "shards": []}', '{"version": V, "shards": "x"}', "[1, 2]"])
@@ -277,12 +249,12 @@ def test_shard_longer_than_its_count(http_shards: tuple[str, dict[str, bytes]]) 
     before, after = same_size(list(range(10)), list(range(14)))
     files["/d/a.jsonl"] = before
     pipe = http_pipe(url)
-    epoch0 = run_everywhere(pipe, 2, 2, epoch=0)
+    epoch0 = run_everywhere(pipe, 2, 2, key=guids, epoch=0)
     assert sorted(g for _, got in epoch0 for g in got) == [*range(10), *range(100, 130)]
     files["/d/a.jsonl"] = after  # same size, 4 more records
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        epoch1 = run_everywhere(pipe, 2, 2, epoch=1)
+        epoch1 = run_everywhere(pipe, 2, 2, key=guids, epoch=1)
     (message,) = index_warnings(caught)
     assert message.startswith(f"{url}/d/a.jsonl: the shard holds 14 records, its record-count index says 10")
     assert "4 record(s) after the first 10 were not delivered this epoch" in message
@@ -295,7 +267,7 @@ def test_shard_longer_than_its_count(http_shards: tuple[str, dict[str, bytes]]) 
     assert pipe.balance_report(world_size=2, epoch=2)["records"] == 44
     with warnings.catch_warnings():
         warnings.simplefilter("error", IndexWarning)
-        epoch2 = run_everywhere(pipe, 2, 2, epoch=2)
+        epoch2 = run_everywhere(pipe, 2, 2, key=guids, epoch=2)
     assert [b for b, _ in epoch2] == [6, 6]
     assert sorted(g for _, gs in epoch2 for g in gs) == [*range(14), *range(100, 130)]
 
@@ -309,7 +281,7 @@ def test_shard_shorter_than_its_count(http_shards: tuple[str, dict[str, bytes]])
     files["/d/a.jsonl"] = after  # same size, 7 records fewer
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        epoch0 = run_everywhere(pipe, 2, 2, epoch=0)
+        epoch0 = run_everywhere(pipe, 2, 2, key=guids, epoch=0)
     messages = index_warnings(caught)
     assert messages and all(m.startswith(f"{url}/d/a.jsonl: the shard holds 7 records, its record-count "
                                          "index says 14") for m in messages)
@@ -322,7 +294,7 @@ def test_shard_shorter_than_its_count(http_shards: tuple[str, dict[str, bytes]])
     assert index["undelivered"] == 0 and index["missing"] >= 7
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        epoch1 = run_everywhere(pipe, 2, 2, epoch=1)
+        epoch1 = run_everywhere(pipe, 2, 2, key=guids, epoch=1)
     assert [b for b, _ in epoch1] == [5, 5]
     assert sorted(g for _, gs in epoch1 for g in gs) == [*range(7), *range(100, 130)]
 
@@ -334,9 +306,9 @@ def test_shard_counted_empty_that_holds_records(http_shards: tuple[str, dict[str
     assert len(pipe.with_topology(0, 2)) == 4
     files["/d/a.jsonl"] = jsonl_bytes([5, 6])
     with pytest.warns(IndexWarning, match=r"a\.jsonl: the shard holds 2 records, its record-count index says 0"):
-        epoch0 = run_everywhere(pipe, 2, 1, epoch=0)
+        epoch0 = run_everywhere(pipe, 2, 1, key=guids, epoch=0)
     assert sorted(g for _, gs in epoch0 for g in gs) == list(range(100, 130))
-    assert sorted(g for _, gs in run_everywhere(pipe, 2, 1, epoch=1) for g in gs) == [5, 6, *range(100, 130)]
+    assert sorted(g for _, gs in run_everywhere(pipe, 2, 1, key=guids, epoch=1) for g in gs) == [5, 6, *range(100, 130)]
 
 
 # ------------------------------------------------------------------ 15. HTTP shards are counted once

@@ -15,7 +15,6 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from torch.utils.data import DataLoader
 import torchseq as ts
 from tests.conftest import anchor_index
 from tests.support.badinput import gzip_bytes, jsonl_bytes, tar_bytes_io, tar_sample
-from tests.support.servers import Faults, Seen, serve_files, serve_s3
+from tests.support.servers import Faults, Seen, s3_bucket, serve_files
 from torchseq.errors import ConfigError, RemoteAccessError, RemoteError, ShardNotFoundError
 from torchseq.sources.remote import RetryPolicy, classify
 
@@ -213,26 +212,16 @@ BUCKET = "pairs"
 
 @pytest.fixture
 def s3() -> Iterator[tuple[str, Faults, dict[str, Any]]]:
-    import boto3
 
     def rule(method: str, path: str, start: int | None, number: int) -> str:
         return rules[0](method, path, start, number)
 
     rules = [lambda method, path, start, number: "ok"]
     faults = Faults(rule)
-    with serve_s3(faults, prefix=f"/{BUCKET}/") as endpoint:
-        # botocore's own retries (up to seconds of backoff each) are turned off so that
-        # 503s reach torchseq's retry quickly; torchseq reads the bodies itself.
-        options = {"endpoint_url": endpoint, "key": "testing", "secret": "not-a-real-secret",
-                   "client_kwargs": {"region_name": "us-east-1"}, "skip_instance_cache": True,
-                   "config_kwargs": {"retries": {"total_max_attempts": 1}}}
-        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                              aws_secret_access_key="not-a-real-secret", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        for path, data in {**jsonl_shards(), **tar_shards()}.items():
-            client.put_object(Bucket=BUCKET, Key=path.removeprefix("/data/"), Body=data)
+    objects = {path.removeprefix("/data/"): data for path, data in {**jsonl_shards(), **tar_shards()}.items()}
+    with s3_bucket(BUCKET, faults, objects=objects) as (options, _):
         faults.log.clear()
-        yield endpoint, faults, {"options": options, "rules": rules}
+        yield options["endpoint_url"], faults, {"options": options, "rules": rules}
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -352,26 +341,6 @@ def test_http_object_replaced_mid_read_with_two_workers_is_counted_once() -> Non
         pipe = ts.read_jsonl([url + "/data/a.jsonl", url + "/data/b.jsonl"], on_error="skip",
                              retry=retry).balance("off")
         assert_changed_mid_read(pipe, "skip", url + "/data/a.jsonl", range(300, 340), num_workers=2)
-
-
-@contextmanager
-def s3_bucket(bucket: str, faults: Faults, *, versioned: bool = False, if_match: bool = True,
-              objects: dict[str, bytes]) -> Iterator[tuple[dict[str, Any], Any]]:
-    """moto's S3 serving ``objects`` in ``bucket``; yields s3fs storage options and a boto3 client."""
-    import boto3
-
-    with serve_s3(faults, prefix=f"/{bucket}/", if_match=if_match) as endpoint:
-        options = {"endpoint_url": endpoint, "key": "testing", "secret": "not-a-real-secret",
-                   "client_kwargs": {"region_name": "us-east-1"}, "skip_instance_cache": True,
-                   "config_kwargs": {"retries": {"total_max_attempts": 1}}}
-        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                              aws_secret_access_key="not-a-real-secret", region_name="us-east-1")
-        client.create_bucket(Bucket=bucket)
-        if versioned:
-            client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-        for key, data in objects.items():
-            client.put_object(Bucket=bucket, Key=key, Body=data)
-        yield options, client
 
 
 @pytest.mark.parametrize("on_error", ["raise", "skip"])

@@ -227,3 +227,27 @@ def serve_s3(faults: Faults, prefix: str = "/", if_match: bool = True) -> Iterat
     app = DomainDispatcherApplication(create_backend_app)
     with _serving(FaultInjector(app, faults, prefix=prefix, s3=True, if_match=if_match)) as url:
         yield url
+
+
+@contextmanager
+def s3_bucket(bucket: str, faults: Faults, *, versioned: bool = False, if_match: bool = True,
+              objects: dict[str, bytes]) -> Iterator[tuple[dict[str, Any], Any]]:
+    """moto's S3 serving ``objects`` in ``bucket``; yields s3fs storage options and a boto3 client.
+
+    botocore's own retries (up to seconds of backoff each) are turned off, so that 503s reach
+    torchseq's retry quickly; torchseq reads the bodies itself.
+    """
+    import boto3
+
+    with serve_s3(faults, prefix=f"/{bucket}/", if_match=if_match) as endpoint:
+        options = {"endpoint_url": endpoint, "key": "testing", "secret": "not-a-real-secret",
+                   "client_kwargs": {"region_name": "us-east-1"}, "skip_instance_cache": True,
+                   "config_kwargs": {"retries": {"total_max_attempts": 1}}}
+        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                              aws_secret_access_key="not-a-real-secret", region_name="us-east-1")
+        client.create_bucket(Bucket=bucket)
+        if versioned:
+            client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        for key, data in objects.items():
+            client.put_object(Bucket=bucket, Key=key, Body=data)
+        yield options, client

@@ -7,7 +7,7 @@ rule is orjson's, and the standard library's parser is made to follow it:
 
 * the text is strict UTF-8; a UTF-8 byte order mark before the JSON value is
   ignored (as ``json.loads(bytes)`` does), UTF-16 and UTF-32 are invalid UTF-8;
-* a ``\\uXXXX`` escape of half a surrogate pair is not text: invalid UTF-8;
+* a ``\\ud800``-style escape of half a surrogate pair (no other half beside it) is not text: invalid UTF-8;
 * ``NaN``, ``Infinity`` and numbers too large for a float are invalid JSON;
   integers outside the 64-bit range (``-2**63 .. 2**64-1``) become floats;
 * values nested more than :data:`MAX_DEPTH` levels deep are invalid JSON.
