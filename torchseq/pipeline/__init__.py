@@ -1,6 +1,6 @@
 """The composition root: the only package that knows every layer.
 
-``core`` (the immutable description and its fluent builders), ``readers``,
+``core`` (the immutable description), ``builders`` (its fluent methods), ``readers``,
 ``placement`` (the context an iteration reads once),
 ``run`` (the one runner), ``planning`` (``len()``, ``balance_report``, each
 worker's plan), ``checkpoint`` (build and validation), ``guard`` (equal
